@@ -1,0 +1,200 @@
+"""Threshold selection from scores, and the good-score statistics stored with the threshold. Pure numpy.
+
+A score at or above the threshold is a reject. Every method returns an `artifact.ThresholdSpec`: the
+value, the method's name and the details needed to judge it later.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import evaluate
+from .artifact import CalibrationStats, ThresholdSpec
+
+QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
+MIN_TWO_MODES = 10  # fewest scores two_modes will split
+
+
+def _scores(scores: np.ndarray, what: str = "scores") -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError(f"no {what} to calibrate on")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{what} must be finite")
+    return s
+
+
+def _check_rate(rate: float) -> float:
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"target false-reject rate must be between 0 and 1 (exclusive), got {rate!r}")
+    return value
+
+
+def _above(value: float) -> float:
+    """A threshold just above `value` that stays above it in float32 (scores are float32 on the device)."""
+    step = max(abs(value) * 1e-6, 1e-12)
+    return float(value + step)
+
+
+def good_quantile(scores: np.ndarray, target_false_reject: float) -> ThresholdSpec:
+    """Threshold that rejects at most floor(rate * n) of the n good scores.
+
+    It lies midway between the highest accepted and the lowest rejected good score. When n * rate < 1
+    no good score may be rejected and the threshold is set just above the largest one; the rate to
+    expect on new parts is then about 1 / (n + 1), which the details record.
+    """
+    rate = _check_rate(target_false_reject)
+    s = np.sort(_scores(scores, "good scores"))
+    n = s.size
+    allowed = int(math.floor(rate * n + 1e-9))
+    values = np.unique(s)
+    rejected = n - np.searchsorted(s, values, side="left")  # good scores >= each distinct value
+    ok = np.flatnonzero(rejected <= allowed)
+    if ok.size == 0:
+        value = _above(float(s[-1]))
+    else:
+        j = int(ok[0])
+        value = float(values[0]) if j == 0 else float((values[j - 1] + values[j]) / 2.0)
+        if j > 0 and not value > values[j - 1]:
+            value = float(values[j])
+    fr = int(np.count_nonzero(s >= value))
+    details: dict[str, object] = {
+        "target_false_reject": rate,
+        "n_good": n,
+        "allowed_rejects": allowed,
+        "false_reject_rate_on_calibration": fr / n,
+        "expected_false_reject_rate": (fr + 1) / (n + 1),
+    }
+    if allowed == 0:
+        details["note"] = (
+            f"{n} good images cannot show a false-reject rate of {rate:g} (that needs at least "
+            f"{math.ceil(1 / rate)}); the threshold is just above the largest good score"
+        )
+    return ThresholdSpec(value=value, method="good_quantile", details=details)
+
+
+def best_f1(good: np.ndarray, defect: np.ndarray) -> ThresholdSpec:
+    """Threshold that maximises F1 on labelled good and defect scores."""
+    g, d = _scores(good, "good scores"), _scores(defect, "defect scores")
+    f1, value = evaluate.best_f1(g, d)
+    c = evaluate.confusion(g, d, value)
+    return ThresholdSpec(value=value, method="best_f1", details={
+        "f1": f1, "n_good": int(g.size), "n_defect": int(d.size),
+        "false_reject_rate": c.false_reject_rate, "miss_rate": c.miss_rate,
+    })
+
+
+def target_false_reject(good: np.ndarray, defect: np.ndarray, rate: float) -> ThresholdSpec:
+    """Threshold that meets a false-reject rate on the good scores, with the miss rate it gives on the defects."""
+    g, d = _scores(good, "good scores"), _scores(defect, "defect scores")
+    spec = good_quantile(g, rate)
+    c = evaluate.confusion(g, d, spec.value)
+    details = dict(spec.details, n_defect=int(d.size), miss_rate=c.miss_rate)
+    return ThresholdSpec(value=spec.value, method="target_false_reject", details=details)
+
+
+def two_modes(scores: np.ndarray) -> ThresholdSpec:
+    """Threshold between the two modes of unlabelled scores: mostly good parts and a few defects.
+
+    Fits a two-component Gaussian mixture to the log scores by EM, started from a robust fit of the
+    main mode (median, MAD) and the scores far above it, and puts the threshold where the upper
+    component becomes the more likely one. The threshold never falls below median + 2 robust standard
+    deviations of the main mode, so a weak or missing second mode cannot reject a large share of good
+    parts. (Otsu's method, the classic choice, splits the main mode in two when defects are a few
+    percent, so it is not used.) `details.separated` is false when the modes overlap (Ashman's D < 2).
+    """
+    s = _scores(scores)
+    if s.size < MIN_TWO_MODES:
+        raise ValueError(f"two_modes needs at least {MIN_TWO_MODES} scores, got {s.size}")
+    positive = s[s > 0]
+    floor = float(positive.min()) / 2 if positive.size else 1e-12
+    x = np.log(np.maximum(s, floor))
+    med = float(np.median(x))
+    sig = 1.4826 * float(np.median(np.abs(x - med)))
+    if sig <= 0:
+        sig = float(x.std())
+    if sig <= 0:
+        raise ValueError("all scores are equal: there are no modes to split")
+    w, m, v = _em(x, med, sig)
+    t_log = _crossing(w, m, v)
+    guard = med + 2.0 * sig
+    t_log = max(t_log, guard) if math.isfinite(t_log) else float(x.max()) + 1e-6
+    value = float(np.exp(t_log))
+    value = max(value, _above(float(s.max()))) if t_log > x.max() else value
+    d = abs(m[1] - m[0]) * math.sqrt(2.0 / (v[0] + v[1]))
+    n_above = int(np.count_nonzero(s >= value))
+    return ThresholdSpec(value=value, method="two_modes", details={
+        "n": int(s.size), "n_rejected": n_above, "rejected_share": n_above / s.size,
+        "space": "log score",
+        "main_mode": {"weight": float(w[0]), "mean": float(m[0]), "std": float(math.sqrt(v[0]))},
+        "upper_mode": {"weight": float(w[1]), "mean": float(m[1]), "std": float(math.sqrt(v[1]))},
+        "ashman_d": d, "separated": bool(d >= 2.0 and n_above > 0),
+        "guard": float(np.exp(guard)),
+    })
+
+
+def _em(x: np.ndarray, med: float, sig: float, iters: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-Gaussian EM on 1-D data; component 0 is the main (lower) mode."""
+    tail = x > med + 3.0 * sig
+    if not tail.any():
+        tail = x >= np.quantile(x, 0.95)
+    if tail.all():
+        tail = x > med
+    floor = (0.05 * sig) ** 2
+    w = np.array([1.0 - tail.mean(), tail.mean()])
+    m = np.array([x[~tail].mean(), x[tail].mean()])
+    v = np.maximum(np.array([x[~tail].var(), x[tail].var() if tail.sum() > 1 else sig**2]), floor)
+    prev = -np.inf
+    for _ in range(iters):
+        logp = np.log(w)[:, None] - 0.5 * np.log(2 * np.pi * v)[:, None] - (x[None] - m[:, None]) ** 2 / (2 * v[:, None])
+        top = logp.max(axis=0)
+        ll = top + np.log(np.exp(logp - top).sum(axis=0))
+        r = np.exp(logp - ll)
+        nk = np.maximum(r.sum(axis=1), 1e-9)
+        w = nk / x.size
+        m = (r * x[None]).sum(axis=1) / nk
+        v = np.maximum((r * (x[None] - m[:, None]) ** 2).sum(axis=1) / nk, floor)
+        total = float(ll.sum())
+        if total - prev < 1e-9 * abs(total) + 1e-12:
+            break
+        prev = total
+    order = np.argsort(m)
+    return w[order], m[order], v[order]
+
+
+def _crossing(w: np.ndarray, m: np.ndarray, v: np.ndarray) -> float:
+    """First point above the main mode's mean where the upper component is at least as likely; inf if none."""
+    def upper_wins(t: np.ndarray) -> np.ndarray:
+        lp = np.log(w)[:, None] - 0.5 * np.log(v)[:, None] - (t[None] - m[:, None]) ** 2 / (2 * v[:, None])
+        return lp[1] >= lp[0]
+
+    grid = np.linspace(m[0], m[1] + 4.0 * math.sqrt(v[1]), 4001)
+    wins = np.flatnonzero(upper_wins(grid))
+    if wins.size == 0:
+        return math.inf
+    i = int(wins[0])
+    if i == 0:
+        return float(grid[0])
+    lo, hi = float(grid[i - 1]), float(grid[i])
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if upper_wins(np.array([mid]))[0]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def good_stats(scores: np.ndarray) -> CalibrationStats:
+    """Mean, std, min, max and quantiles of the good scores."""
+    s = _scores(scores, "good scores")
+    return CalibrationStats(
+        count=int(s.size), mean=float(s.mean()), std=float(s.std()), min=float(s.min()), max=float(s.max()),
+        quantiles={f"{q:g}": float(np.quantile(s, q)) for q in QUANTILE_LEVELS},
+    )

@@ -1,0 +1,548 @@
+"""The training workflow commands: train, calibrate, evaluate, score.
+
+Heavy modules (torch, training, inference) are imported inside the handlers, so `inspector --help` and the
+daemon's commands stay fast. Bad input raises UsageError, which the CLI prints as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .artifact import Artifact
+    from .dataset import ImageSet
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+_METHODS = ("auto", "good-quantile", "best-f1", "target-false-reject", "two-modes")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register train, calibrate, evaluate and score on the CLI's sub-parsers."""
+    _add_train(sub)
+    _add_calibrate(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+
+def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "train", help="train a model on good images and calibrate it", formatter_class=_FORMATTER,
+        description=(
+            "Train an autoencoder on images of good parts, keep the checkpoint with the lowest validation\n"
+            "loss, set the threshold on a held-out slice of the good images, and write the model directory.\n\n"
+            "Images: any common format, grayscale or colour, any size (all are resized to --size; folders of\n"
+            "mixed sizes are fine). Unreadable files are skipped with a warning. If DIR has a good/ subfolder\n"
+            "(as `inspector synth` writes), only DIR/good is used. The same command gives the same weights on\n"
+            "the same machine (unless --max-minutes stops it)."
+        ),
+        epilog="example:\n  inspector train --data data/synth --out models/demo --size 128 --epochs 30",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of good images (or DIR/good)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write, e.g. models/NAME")
+    p.add_argument("--family", default="conv-ae", help="model family: conv-ae (default) or dense-ae")
+    p.add_argument("--size", default="256", metavar="N|WxH",
+                   help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
+    p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
+                   help="1 gray, 3 colour, auto: 1 when every image is gray (default auto)")
+    p.add_argument("--epochs", type=int, default=40, metavar="N", help="training epochs (default 40)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per step (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of images held out for validation and calibration (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes, keeping the best")
+    p.add_argument("--reduction", default=None, metavar="NAME",
+                   help="score reduction: mse, diff_std, smoothed_max or topk_mean (default: the recipe's)")
+    p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                   help="family hyper-parameter, e.g. base_width=16 (repeatable)")
+    p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
+                   help="false-reject rate the threshold aims for on held-out good images (default 0.01)")
+    p.add_argument("--no-augment", action="store_true", help="train without shifts and brightness jitter")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "calibrate", help="set a model's threshold from good (and defective) images", formatter_class=_FORMATTER,
+        description=(
+            "Score images with a model and set its threshold, written into model.json with how it was chosen.\n\n"
+            "  --good DIR                 good-quantile: reject at most --target-false-reject of the good images\n"
+            "  --good DIR --defect DIR    best-f1 (default) or, with --method target-false-reject, the\n"
+            "                             good-quantile threshold, reporting the miss rate it gives\n"
+            "  --unlabelled DIR           two-modes: mostly good parts with a few defects, unlabelled; the\n"
+            "                             threshold splits the two modes of the (log) score distribution\n"
+            "  --threshold VALUE          manual: set the value as given\n\n"
+            "The good-score statistics stored with the threshold come from --good (for --unlabelled: from the\n"
+            "images below the new threshold)."
+        ),
+    )
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="model directory")
+    p.add_argument("--good", type=Path, metavar="DIR", help="folder of good images")
+    p.add_argument("--defect", type=Path, metavar="DIR", help="folder of defective images")
+    p.add_argument("--unlabelled", "--unlabeled", type=Path, metavar="DIR",
+                   help="folder of unlabelled images, mostly good, a few defective")
+    p.add_argument("--method", default="auto", choices=_METHODS, help="threshold method (default: from the inputs)")
+    p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
+                   help="false-reject rate for good-quantile and target-false-reject, in (0, 1) (default 0.01)")
+    p.add_argument("--threshold", type=float, metavar="VALUE", help="set this threshold (method manual)")
+    p.add_argument("--dry-run", action="store_true", help="show the new threshold without writing it")
+    _add_common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "evaluate", help="measure how well a model separates good from defective images",
+        formatter_class=_FORMATTER,
+        description=(
+            "Score labelled images and report image-level AUROC, average precision, best F1, the miss rate\n"
+            "at 1% and 5% false rejects and, at the model's threshold, the false-reject rate, the miss rate\n"
+            "and the confusion matrix. Prints a table; writes OUT/report.json and OUT/report.html (ROC curve,\n"
+            "score histograms with the threshold, and originals, reconstructions and error maps of the\n"
+            "highest-scoring good images and the lowest- and highest-scoring defects)."
+        ),
+    )
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="model directory")
+    p.add_argument("--good", type=Path, required=True, metavar="DIR", help="folder of good images")
+    p.add_argument("--defect", type=Path, required=True, metavar="DIR", help="folder of defective images")
+    p.add_argument("--report", type=Path, required=True, metavar="OUT", help="folder for report.json and report.html")
+    p.add_argument("--cases", type=int, default=4, metavar="N", help="images per group in the picture grid (default 4)")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "score", help="score images and print each verdict", formatter_class=_FORMATTER,
+        description=(
+            "Print each image's score and verdict (reject when the score is at or above the model's\n"
+            "threshold). Images of another size than the model's input are resized, as the daemon does.\n"
+            "A folder argument scores every image in it. Exit status 0 whatever the verdicts."
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="model directory")
+    p.add_argument("--heatmap", type=Path, metavar="DIR", help="write an error heatmap overlay per image here")
+    _add_common(p)
+    p.set_defaults(func=cmd_score)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _warn(message: str) -> None:
+    print(f"inspector: warning: {message}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(f"inspector: {message}", file=sys.stderr)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """N -> (N, N); WxH -> (H, W)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not m:
+        raise UsageError(f"--size must be N or WIDTHxHEIGHT, e.g. 128 or 256x128; got {text!r}")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) else w
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        raise UsageError(f"--size must be between 16 and 4096 pixels per side; got {text!r}")
+    return h, w
+
+
+def _check_rate(rate: float, option: str = "--target-false-reject") -> float:
+    if not (math.isfinite(rate) and 0.0 < rate < 1.0):
+        raise UsageError(f"{option} must be between 0 and 1 (exclusive), e.g. 0.01 for 1%; got {rate:g}")
+    return rate
+
+
+def _check_positive(value: int, option: str) -> int:
+    if value < 1:
+        raise UsageError(f"{option} must be at least 1; got {value}")
+    return value
+
+
+def _parse_hparams(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--hparam must be KEY=VALUE, e.g. base_width=16; got {item!r}")
+        value: Any = raw.strip()
+        for conv in (int, float):
+            try:
+                value = conv(raw)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+def _device(spec: str) -> Any:
+    from .inference import resolve_device
+
+    try:
+        return resolve_device(spec)
+    except ValueError as exc:
+        raise UsageError(f"--device: {exc}") from None
+
+
+def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSet:
+    """Images of a folder prepared for the model; UsageError when the folder is missing or has none."""
+    from .dataset import load_folder
+
+    if not folder.exists():
+        raise UsageError(f"{option} {folder}: no such folder")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {folder}: not a folder")
+    spec = artifact.meta.input
+    data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet)
+    if len(data) == 0:
+        skipped = f" ({len(data.skipped)} unreadable)" if data.skipped else ""
+        raise UsageError(f"{option} {folder}: no readable images{skipped}")
+    _report_loaded(data, f"{option} {folder}", spec.width, spec.height)
+    return data
+
+
+def _report_loaded(data: ImageSet, what: str, width: int, height: int) -> None:
+    if data.skipped:
+        _warn(f"{what}: skipped {len(data.skipped)} unreadable image(s) of {len(data) + len(data.skipped)}")
+    if data.resized:
+        _note(f"{what}: resized {data.resized} image(s) to the model input {width}x{height}")
+
+
+def _load_artifact(path: Path) -> Artifact:
+    from .artifact import load_artifact
+
+    return load_artifact(path)
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, calibrate on the held-out slice, write the artifact, print a summary."""
+    import torch
+    from pydantic import ValidationError
+
+    from .artifact import META_FILE, WEIGHTS_FILE
+    from .train import DEFAULT_REDUCTION, Augment, TrainSettings, check_settings, fit, load_split
+
+    height, width = _parse_size(args.size)
+    _check_rate(args.target_false_reject)
+    _check_positive(args.epochs, "--epochs")
+    _check_positive(args.batch_size, "--batch-size")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive); got {args.val_fraction:g}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be positive; got {args.max_minutes:g}")
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: {'not a folder' if args.data.exists() else 'no such folder'}")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if (out / META_FILE).exists() or (out / WEIGHTS_FILE).exists():
+        if not args.overwrite:
+            raise UsageError(f"--out {out}: already holds a model; pass --overwrite to replace it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: folder is not empty and holds no model; choose another")
+    try:
+        settings = TrainSettings(
+            family=args.family, height=height, width=width,
+            channels=args.channels if args.channels == "auto" else int(args.channels),
+            hparams=_parse_hparams(args.hparam), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes,
+            reduction=args.reduction or DEFAULT_REDUCTION, target_false_reject=args.target_false_reject,
+            augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(_check_positive(args.threads, "--threads"))
+
+    try:
+        split = load_split(args.data, settings, warn=_warn, progress=not args.quiet)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if split.note:
+        _note(split.note)
+    _report_loaded(split.data, f"--data {split.data.folder}", width, height)
+    for w in split.warnings:
+        _warn(w)
+    result = fit(split, settings, out, progress=not args.quiet)
+
+    meta = result.artifact.meta
+    th = meta.threshold
+    weights_mb = (out / WEIGHTS_FILE).stat().st_size / 1e6
+    data = split.data
+    print(f"trained {out} ({meta.family}, {width}x{height}x{data.channels}) in {result.seconds:.1f} s on "
+          f"{meta.training['device']}: {result.epochs_run:.1f} epoch(s), stopped by {result.stopped}")
+    print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
+          f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized; hash {data.content_hash[:16]}")
+    print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
+    print(f"  score     {meta.score.reduction}; held-out good scores mean {meta.calibration.mean:.4g}, "  # type: ignore[union-attr]
+          f"max {meta.calibration.max:.4g}")  # type: ignore[union-attr]
+    print(f"  threshold {th.value:.6g} ({th.method}, target false-reject {args.target_false_reject:g})")
+    if "note" in th.details:
+        _warn(str(th.details["note"]))
+    print(f"  artifact  {out}/{META_FILE}, {out}/{WEIGHTS_FILE} ({weights_mb:.2f} MB)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- calibrate
+
+def _method(args: argparse.Namespace) -> str:
+    """Resolve --method auto and check the method has the inputs it needs."""
+    if args.unlabelled is not None and (args.good is not None or args.defect is not None):
+        raise UsageError("--unlabelled cannot be combined with --good or --defect")
+    if args.defect is not None and args.good is None:
+        raise UsageError("--defect needs --good as well (the good images set the false-reject side)")
+    if args.threshold is not None:
+        if not (math.isfinite(args.threshold) and args.threshold > 0):
+            raise UsageError(f"--threshold must be a positive number; got {args.threshold:g}")
+        return "manual"
+    if args.good is None and args.unlabelled is None:
+        raise UsageError("give --good DIR (optionally with --defect DIR), --unlabelled DIR or --threshold VALUE")
+    method = args.method
+    if method == "auto":
+        return "two-modes" if args.unlabelled is not None else ("best-f1" if args.defect is not None else "good-quantile")
+    needs = {"good-quantile": "--good", "best-f1": "--good and --defect", "target-false-reject": "--good and --defect",
+             "two-modes": "--unlabelled"}[method]
+    ok = {"good-quantile": args.good is not None, "best-f1": args.defect is not None,
+          "target-false-reject": args.defect is not None, "two-modes": args.unlabelled is not None}[method]
+    if not ok:
+        raise UsageError(f"--method {method} needs {needs}")
+    return method
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Choose a threshold and write it into model.json."""
+    import numpy as np
+
+    _check_rate(args.target_false_reject)
+    _check_positive(args.batch_size, "--batch-size")
+    method = _method(args)
+    artifact = _load_artifact(args.model)
+    device = _device(args.device)
+    from . import calibrate
+    from .artifact import ThresholdSpec, write_meta
+
+    def scores(folder: Path, option: str) -> Any:
+        from .inference import score_artifact
+
+        data = _load(folder, option, artifact, args.quiet)
+        return score_artifact(artifact, data.images, device, args.batch_size,
+                              progress=None if args.quiet else "scoring").scores["score"]
+
+    good = scores(args.good, "--good") if args.good is not None else None
+    defect = scores(args.defect, "--defect") if args.defect is not None else None
+    unlabelled = scores(args.unlabelled, "--unlabelled") if args.unlabelled is not None else None
+    rate = args.target_false_reject
+    try:
+        if method == "manual":
+            spec = ThresholdSpec(value=float(args.threshold), method="manual", details={})
+        elif method == "good-quantile":
+            spec = calibrate.good_quantile(good, rate)
+        elif method == "best-f1":
+            spec = calibrate.best_f1(good, defect)
+        elif method == "target-false-reject":
+            spec = calibrate.target_false_reject(good, defect, rate)
+        else:
+            spec = calibrate.two_modes(unlabelled)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sources = {k: str(v) for k, v in (("good", args.good), ("defect", args.defect), ("unlabelled", args.unlabelled))
+               if v is not None}
+    spec.details.update(sources=sources, calibrated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    stats_from = good if good is not None else (
+        unlabelled[unlabelled < spec.value] if unlabelled is not None else None)
+    stats = calibrate.good_stats(stats_from) if stats_from is not None and len(stats_from) else artifact.meta.calibration
+
+    old = artifact.meta.threshold
+    print(f"{args.model}: threshold {old.value:.6g} ({old.method}) -> {spec.value:.6g} ({spec.method})")
+    if good is not None:
+        fr = float(np.mean(good >= spec.value))
+        print(f"  good        {len(good)} images, false-reject rate {fr:.2%} at the new threshold")
+    if defect is not None:
+        miss = float(np.mean(defect < spec.value))
+        print(f"  defect      {len(defect)} images, miss rate {miss:.2%} at the new threshold")
+    if unlabelled is not None:
+        d = spec.details
+        print(f"  unlabelled  {d['n']} images, {d['n_rejected']} above the threshold ({d['rejected_share']:.2%}), "
+              f"mode separation (Ashman's D) {d['ashman_d']:.2f}")
+        if not d["separated"]:
+            _warn("the scores show no clear second mode; the threshold is the main mode's upper tail "
+                  "(check it with labelled images)")
+    if "note" in spec.details:
+        _warn(str(spec.details["note"]))
+    if args.dry_run:
+        print("  dry run: model.json not changed")
+        return 0
+    meta = artifact.meta.model_copy(update={"threshold": spec, "calibration": stats})
+    write_meta(args.model, meta)
+    print(f"  written to {args.model}/model.json")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score labelled images, print the metrics table, write the report."""
+    import numpy as np
+
+    _check_positive(args.batch_size, "--batch-size")
+    if args.cases < 0:
+        raise UsageError(f"--cases must be 0 or more; got {args.cases}")
+    if args.report.exists() and not args.report.is_dir():
+        raise UsageError(f"--report {args.report}: exists and is not a folder")
+    artifact = _load_artifact(args.model)
+    device = _device(args.device)
+    from . import evaluate
+    from .inference import heat_scale, score_artifact
+    from .report import Case, write_report
+
+    good_set = _load(args.good, "--good", artifact, args.quiet)
+    defect_set = _load(args.defect, "--defect", artifact, args.quiet)
+    progress = None if args.quiet else "scoring"
+    good = score_artifact(artifact, good_set.images, device, args.batch_size, progress=progress).scores["score"]
+    defect = score_artifact(artifact, defect_set.images, device, args.batch_size, progress=progress).scores["score"]
+    meta = artifact.meta
+    threshold = meta.threshold.value
+    metrics = evaluate.summarize(good, defect, threshold)
+
+    groups = [
+        ("highest-scoring good", good_set, np.argsort(-good, kind="stable")[:args.cases], good),
+        ("lowest-scoring defect", defect_set, np.argsort(defect, kind="stable")[:args.cases], defect),
+        ("highest-scoring defect", defect_set, np.argsort(-defect, kind="stable")[:args.cases], defect),
+    ]
+    cases = []
+    for title, data, idx, sc in groups:
+        if len(idx) == 0:
+            continue
+        maps = score_artifact(artifact, data.images[idx], device, args.batch_size, keep_maps=True)
+        assert maps.recon is not None and maps.errors is not None
+        label = "good" if data is good_set else "defect"
+        for j, i in enumerate(idx):
+            cases.append(Case(title=title, name=data.paths[i].name, label=label, score=float(sc[i]),
+                              image=data.images[i], recon=maps.recon[j], error=maps.errors[j]))
+    report = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inspector_version": meta.inspector_version,
+        "model": {"path": str(args.model), "name": meta.name, "family": meta.family,
+                  "input": meta.input.model_dump(), "reduction": meta.score.reduction,
+                  "threshold": threshold, "threshold_method": meta.threshold.method,
+                  "weights_sha256": meta.weights_sha256},
+        "data": {"good": {"folder": str(args.good), "count": len(good_set), "skipped": len(good_set.skipped),
+                          "resized": good_set.resized, "content_hash": good_set.content_hash},
+                 "defect": {"folder": str(args.defect), "count": len(defect_set), "skipped": len(defect_set.skipped),
+                            "resized": defect_set.resized, "content_hash": defect_set.content_hash}},
+        "metrics": metrics,
+        "scores": {"good": {p.name: float(s) for p, s in zip(good_set.paths, good)},
+                   "defect": {p.name: float(s) for p, s in zip(defect_set.paths, defect)}},
+    }
+    json_path, html_path = write_report(args.report, report, good, defect, threshold, cases,
+                                        heat_scale(meta.score.reduction, threshold))
+    _print_metrics(metrics, meta.score.reduction, threshold)
+    print(f"report: {json_path}, {html_path}")
+    return 0
+
+
+def _print_metrics(m: dict[str, Any], reduction: str, threshold: float) -> None:
+    at = m["at_threshold"]
+    rows = [
+        ("images", f"{m['n_good']} good, {m['n_defect']} defect"),
+        ("score", reduction),
+        ("AUROC", f"{m['auroc']:.4f}"),
+        ("average precision", f"{m['average_precision']:.4f}"),
+        ("best F1", f"{m['best_f1']:.4f} at threshold {m['best_f1_threshold']:.6g}"),
+        *[(f"miss rate @ {float(k):.0%} false rejects", f"{v:.4f}") for k, v in m["miss_rate_at_false_reject"].items()],
+        ("model threshold", f"{threshold:.6g}"),
+        ("  false-reject rate", f"{at['false_reject_rate']:.4f} ({at['false_reject']} of {m['n_good']} good)"),
+        ("  miss rate", f"{at['miss_rate']:.4f} ({at['miss']} of {m['n_defect']} defects)"),
+        ("  confusion", f"good: {at['true_accept']} accepted / {at['false_reject']} rejected; "
+                        f"defect: {at['miss']} accepted / {at['true_reject']} rejected"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+# ----------------------------------------------------------------------------------------------- score
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print score and verdict per image; optionally write heatmap overlays."""
+    import cv2
+
+    from .dataset import load_files
+    from .images import list_images
+    from .inference import heat_scale, score_artifact
+    from .report import overlay
+
+    _check_positive(args.batch_size, "--batch-size")
+    artifact = _load_artifact(args.model)
+    device = _device(args.device)
+    paths: list[Path] = []
+    for item in args.images:
+        if item.is_dir():
+            paths.extend(list_images(item))
+        elif item.exists():
+            paths.append(item)
+        else:
+            _warn(f"{item}: no such file; skipped")
+    if not paths:
+        raise UsageError("no images to score")
+    spec = artifact.meta.input
+    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False)
+    if len(data) == 0:
+        raise UsageError(f"none of the {len(paths)} file(s) could be read as an image")
+    _report_loaded(data, "images", spec.width, spec.height)
+    scored = score_artifact(artifact, data.images, device, args.batch_size, keep_maps=args.heatmap is not None)
+    scores = scored.scores["score"]
+    threshold = artifact.meta.threshold.value
+    vmax = heat_scale(artifact.meta.score.reduction, threshold)
+    if args.heatmap is not None:
+        if args.heatmap.exists() and not args.heatmap.is_dir():
+            raise UsageError(f"--heatmap {args.heatmap}: exists and is not a folder")
+        args.heatmap.mkdir(parents=True, exist_ok=True)
+    width = max(len(str(p)) for p in data.paths)
+    rejects = 0
+    for i, (path, score) in enumerate(zip(data.paths, scores)):
+        verdict = "reject" if score >= threshold else "accept"
+        rejects += verdict == "reject"
+        line = f"{str(path):<{width}}  {score:.6g}  {verdict}"
+        if args.heatmap is not None and scored.errors is not None:
+            from .images import read_image
+
+            original = read_image(path)
+            base = original if original is not None else data.images[i]
+            target = args.heatmap / f"{path.stem}_heatmap.png"
+            cv2.imwrite(str(target), overlay(base, scored.errors[i], vmax))
+            line += f"  {target}"
+        print(line)
+    print(f"{len(data)} image(s): {rejects} reject, {len(data) - rejects} accept (threshold {threshold:.6g}, "
+          f"{artifact.meta.score.reduction}); {len(data.skipped)} unreadable skipped")
+    return 0

@@ -1,0 +1,288 @@
+"""The daemon's configuration: pydantic models for every section, loaded from one TOML file.
+
+Loading validates; it never opens a camera, loads weights or binds a socket.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSource(Section):
+    """Rendered parts with a set rate of defects and their ground truth (for demos, tests, benchmarks)."""
+
+    type: Literal["synthetic"] = Field(description="Source type.")
+    fps: float = Field(
+        10.0, ge=0, description="Frames per second; 0 means as fast as possible (the ring drops what the worker "
+        "cannot take)."
+    )
+    width: int = Field(256, ge=32, le=8192, description="Image width in pixels.")
+    height: int = Field(256, ge=32, le=8192, description="Image height in pixels.")
+    channels: Literal[1, 3] = Field(1, description="1 for grayscale, 3 for colour (BGR).")
+    defect_rate: float = Field(0.05, ge=0, le=1, description="Share of parts rendered with a defect.")
+    seed: int = Field(0, description="Random seed; the same seed gives the same parts.")
+    bank_size: int = Field(
+        64, ge=1, le=4096,
+        description="Parts rendered at open and then cycled, so rendering costs nothing per frame; "
+        "1..4096.",
+    )
+    count: int | None = Field(None, ge=1, description="Stop after this many frames (None: never stop).")
+
+
+class ReplaySource(Section):
+    """A folder of images (optionally laid out as good/ and defect/) or a video file, at a set rate."""
+
+    type: Literal["replay"] = Field(description="Source type.")
+    path: Path = Field(description="Folder of images or a video file; relative to the config file.")
+    fps: float = Field(
+        10.0, ge=0, description="Frames per second; 0 means as fast as possible (the ring drops what the worker "
+        "cannot take)."
+    )
+    loop: bool = Field(False, description="Start again at the end instead of finishing.")
+
+
+class OpenCVSource(Section):
+    """A camera or stream through OpenCV: device index, device path, video file, URL or GStreamer pipeline."""
+
+    type: Literal["opencv"] = Field(description="Source type.")
+    source: int | str = Field(
+        description="Device index (0), device path (/dev/video0), file, URL (rtsp://...) or GStreamer pipeline."
+    )
+    backend: Literal["any", "ffmpeg", "v4l2", "gstreamer"] = Field(
+        "any", description="OpenCV capture back-end to use."
+    )
+    open_timeout_ms: int = Field(5000, ge=100, description="Open timeout, where the back-end supports one.")
+    read_timeout_ms: int = Field(5000, ge=100, description="Read timeout, where the back-end supports one.")
+    width: int | None = Field(None, ge=1, description="Requested capture width (device sources).")
+    height: int | None = Field(None, ge=1, description="Requested capture height (device sources).")
+    fps: float | None = Field(
+        None, gt=0,
+        description="Requested device frame rate; for files, frames are paced at this rate when set.",
+    )
+
+
+SourceConfig = Annotated[Union[SyntheticSource, ReplaySource, OpenCVSource], Field(discriminator="type")]
+
+
+class CameraConfig(Section):
+    """One camera: its source, the model that inspects it, and how its failures are handled."""
+
+    id: str = Field(description="Camera id, used in topics, metrics and logs ([A-Za-z0-9_-]+).")
+    source: SourceConfig = Field(description="Where frames come from; `type` picks the back-end.")
+    model: Path = Field(description="Model directory (model.json + weights); relative to the config file.")
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="Region of interest [x, y, width, height] in pixels, cropped before the model."
+    )
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="A camera that delivers no frame for this long is declared stalled and reconnected."
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles after each failure.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None and (value[0] < 0 or value[1] < 0 or value[2] < 1 or value[3] < 1):
+            raise ValueError("x and y must be >= 0, width and height >= 1")
+        return value
+
+
+class BufferConfig(Section):
+    """The bounded ring between each camera and the worker."""
+
+    capacity: int = Field(16, ge=1, le=4096, description="Frames held per camera.")
+    policy: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest",
+        description="Which frame is dropped when the ring is full; the dropped part gets the not-inspected verdict.",
+    )
+
+
+class WorkerConfig(Section):
+    """The batched inference worker (one per model)."""
+
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on CUDA, fp32 on the CPU."
+    )
+    max_batch: int = Field(8, ge=1, le=1024, description="Most frames run through the model at once.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for a batch to fill after its first frame.")
+    deadline_ms: float = Field(
+        1000.0, gt=0, description="A verdict not publishable within this time of capture becomes the fail-safe one."
+    )
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+    drain_timeout_s: float = Field(5.0, ge=0, description="At shutdown, how long to keep inspecting buffered frames.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+class ScoringConfig(Section):
+    """How an error map becomes a verdict (defaults come from the model artifact)."""
+
+    reduction: Literal["model", "mse", "diff_std", "smoothed_max", "topk_mean"] = Field(
+        "model", description="Score reduction; `model` uses the one the model was calibrated with."
+    )
+    threshold: float | None = Field(
+        None, description="Override the model's threshold; required when `reduction` differs from the model's."
+    )
+    not_inspected_verdict: Literal["reject", "accept"] = Field(
+        "reject",
+        description="Verdict for parts that could not be inspected (dropped, late, failed); `accept` is fail-open.",
+    )
+
+
+class PublisherConfig(Section):
+    """The ZeroMQ PUB socket that sends verdicts and heartbeats."""
+
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint to bind (tcp://..., ipc://...).")
+    heartbeat_s: float = Field(1.0, gt=0, description="Seconds between heartbeat messages.")
+    sndhwm: int = Field(100_000, ge=1, description="Messages queued per subscriber before ZeroMQ drops for it.")
+    linger_ms: int = Field(1000, ge=0, description="How long close() tries to deliver queued messages.")
+    wait_for_subscribers: int = Field(
+        0, ge=0, description="Before cameras start, wait for this many subscriptions (e.g. the reject actuator)."
+    )
+    wait_for_subscribers_s: float = Field(
+        10.0, ge=0, description="Longest wait for those subscriptions; the daemon then starts anyway, with a warning."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_scheme(cls, value: str) -> str:
+        if not re.fullmatch(r"(tcp|ipc|inproc)://.+", value):
+            raise ValueError("must start with tcp://, ipc:// or inproc://")
+        return value
+
+
+class MetricsConfig(Section):
+    """The Prometheus endpoint."""
+
+    enabled: bool = Field(True, description="Serve /metrics over HTTP.")
+    address: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(9108, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+
+
+class LoggingConfig(Section):
+    """Structured logs."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise (journald)."
+    )
+
+
+class Config(Section):
+    """The whole daemon configuration."""
+
+    cameras: list[CameraConfig] = Field(min_length=1, description="The cameras to inspect.")
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Ring buffer settings.")
+    worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Inference worker settings.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Scoring and fail-safe settings.")
+    publisher: PublisherConfig = Field(default_factory=PublisherConfig, description="ZeroMQ publisher settings.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus settings.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging settings.")
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> "Config":
+        ids = [c.id for c in self.cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class ConfigError(Exception):
+    """A config file that cannot be read or does not validate; the message names file and field."""
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config; relative paths inside are resolved against its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, text, exc)) from None
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    cameras = []
+    for cam in config.cameras:
+        update: dict[str, object] = {"model": (base / cam.model).resolve()}
+        if isinstance(cam.source, ReplaySource):
+            update["source"] = cam.source.model_copy(update={"path": (base / cam.source.path).resolve()})
+        cameras.append(cam.model_copy(update=update))
+    return config.model_copy(update={"cameras": cameras})
+
+
+def _describe(path: Path, text: str, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid config ({exc.error_count()} error{'s' if exc.error_count() > 1 else ''})"]
+    for err in exc.errors():
+        loc = _dotted(err["loc"])
+        line = _find_line(text, err["loc"])
+        where = f" (line {line})" if line else ""
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}{where}: {msg}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("synthetic", "replay", "opencv") and out.endswith("source"):
+            continue  # pydantic's discriminator tag, not a key the user wrote
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best effort: the line of the last key named in loc, counting only the array item it sits in."""
+    keys = [p for p in loc if isinstance(p, str) and p not in ("synthetic", "replay", "opencv")]
+    if not keys:
+        return None
+    key = keys[-1]
+    index = next((p for p in loc if isinstance(p, int)), None)
+    table = keys[0] if index is not None else None
+    item = -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if table and re.fullmatch(rf"\[\[\s*{re.escape(table)}\s*\]\]", stripped):
+            item += 1
+        if index is not None and item != index:
+            continue
+        if re.match(rf"{re.escape(key)}\s*=", stripped) or re.fullmatch(rf"\[.*\b{re.escape(key)}\]", stripped):
+            return number
+    return None

@@ -1,0 +1,129 @@
+"""Loading a folder of images for training, calibration, evaluation and scoring.
+
+Every image goes through `preprocess.prepare`, the daemon's own preprocessing. Images of any size are
+accepted and resized to the requested input size (so a folder of mixed sizes is fine, and so is a model
+trained at one size scoring images of another); the result reports how many were resized. Unreadable
+files are skipped with a warning and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from .images import list_images, read_image
+from .preprocess import prepare, to_channels
+from .progress import Progress
+
+Channels = Literal[1, 3, "auto"]
+Warn = Callable[[str], None]
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSet:
+    """Images prepared to one size: uint8 (N, H, W) for grayscale or (N, H, W, 3) BGR."""
+
+    folder: Path | None
+    paths: list[Path]
+    images: np.ndarray
+    channels: int
+    skipped: list[Path] = field(default_factory=list)  # unreadable files
+    resized: int = 0  # images whose size differed from the input size
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # distinct original (width, height)
+    content_hash: str = ""  # sha256 over relative names and bytes of the images read
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def summary(self) -> str:
+        """One line: how many images were read, skipped and resized."""
+        parts = [f"{len(self)} images"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unreadable skipped")
+        if self.resized:
+            sizes = "mixed sizes" if len(self.sizes) > 1 else "size {}x{}".format(*next(iter(self.sizes)))
+            parts.append(f"{self.resized} resized from {sizes}")
+        return ", ".join(parts)
+
+
+def training_folder(folder: Path) -> tuple[Path, str | None]:
+    """The folder to train on: DIR/good when it exists (with a note saying so), else DIR."""
+    folder = Path(folder)
+    good = folder / "good"
+    if good.is_dir():
+        return good, f"{folder} has a good/ subfolder: training on {good} only"
+    return folder, None
+
+
+def is_gray(image: np.ndarray) -> bool:
+    """True for a single-channel image or a colour image whose channels are all equal."""
+    if image.ndim == 2:
+        return True
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+
+
+def load_folder(folder: Path, height: int, width: int, channels: Channels = "auto",
+                roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
+                progress: bool = False, recursive: bool = False) -> ImageSet:
+    """Read and prepare every image of a folder; raises FileNotFoundError if the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    result = load_files(list_images(folder, recursive=recursive), height, width, channels, roi, warn,
+                        progress, root=folder)
+    result.folder = folder
+    return result
+
+
+def load_files(paths: Sequence[Path], height: int, width: int, channels: Channels = "auto",
+               roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
+               progress: bool = False, root: Path | None = None) -> ImageSet:
+    """Read and prepare image files in the given order, skipping (and counting) unreadable ones.
+
+    channels "auto" gives 1 when every image is grayscale (or colour with equal channels), else 3.
+    """
+    warn = warn or _log.warning
+    digest = hashlib.sha256()
+    kept: list[Path] = []
+    prepared: list[np.ndarray] = []
+    gray: list[bool] = []
+    skipped: list[Path] = []
+    sizes: set[tuple[int, int]] = set()
+    resized = 0
+    with Progress(len(paths), "reading images", enabled=progress) as bar:
+        for path in paths:
+            bar.update()
+            image = read_image(path)
+            if image is None:
+                skipped.append(Path(path))
+                warn(f"skipping unreadable image {path}")
+                continue
+            try:
+                one = is_gray(image) if channels == "auto" else channels == 1
+                out = prepare(image, roi, height, width, 1 if one else 3)
+            except ValueError as exc:  # region of interest outside this image
+                skipped.append(Path(path))
+                warn(f"skipping image {path}: {exc}")
+                continue
+            h, w = image.shape[:2]
+            sizes.add((w, h))
+            resized += (h, w) != (height, width) if roi is None else (roi[3], roi[2]) != (height, width)
+            name = Path(path).relative_to(root).as_posix() if root is not None else Path(path).name
+            digest.update(name.encode("utf-8") + b"\0")
+            digest.update(Path(path).read_bytes())
+            kept.append(Path(path))
+            prepared.append(out)
+            gray.append(one)
+    n_channels = (1 if all(gray) else 3) if channels == "auto" else int(channels)
+    if n_channels == 3:
+        prepared = [to_channels(p, 3) if g else p for p, g in zip(prepared, gray)]
+    shape = (height, width) if n_channels == 1 else (height, width, 3)
+    images = np.stack(prepared) if prepared else np.zeros((0, *shape), np.uint8)
+    return ImageSet(folder=root, paths=kept, images=images, channels=n_channels, skipped=skipped,
+                    resized=int(resized), sizes=sizes, content_hash=digest.hexdigest())

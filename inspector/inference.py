@@ -1,0 +1,103 @@
+"""Offline scoring of prepared images with a model: batched forward on a device, scores, reconstructions
+and error maps. Used by calibrate, evaluate, score and the end of training; knows nothing of the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import Artifact
+from .progress import Progress
+from .scoring import Reduction, error_map
+
+DEFAULT_BATCH = 32
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; ValueError when unusable."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available (torch {torch.__version__})")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def to_tensor(images: np.ndarray, device: torch.device, scale: float = 255.0) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] on `device`."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)  # (N, C, H, W)
+    return t.float().div_(scale)
+
+
+def to_images(batch: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W) or (N, H, W, C) on the CPU."""
+    x = (batch.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu()
+    return (x[:, 0] if x.shape[1] == 1 else x.permute(0, 2, 3, 1)).numpy()
+
+
+@dataclass
+class Scored:
+    """Per-image scores for each reduction, and optionally reconstructions and error maps."""
+
+    scores: dict[str, np.ndarray]  # reduction name -> float64 (N,)
+    recon: np.ndarray | None = None  # uint8 like the input
+    errors: np.ndarray | None = None  # float32 (N, H, W), squared error averaged over channels
+
+
+@torch.no_grad()
+def run(module: nn.Module, images: np.ndarray, reductions: Mapping[str, Reduction], device: torch.device,
+        batch_size: int = DEFAULT_BATCH, keep_maps: bool = False, scale: float = 255.0,
+        progress: str | None = None) -> Scored:
+    """Score uint8 images (already prepared to the model's input) with each reduction, in batches."""
+    module = module.to(device).eval()
+    n = len(images)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in reductions}
+    recons: list[np.ndarray] = []
+    errors: list[np.ndarray] = []
+    with Progress(n, progress or "", enabled=progress is not None) as bar:
+        for start in range(0, n, batch_size):
+            x = to_tensor(images[start:start + batch_size], device, scale)  # (B, C, H, W)
+            recon = module(x)  # (B, C, H, W)
+            for name, reduce in reductions.items():
+                scores[name].append(reduce(x, recon).double().cpu().numpy())
+            if keep_maps:
+                recons.append(to_images(recon))
+                errors.append(error_map(x, recon).float().cpu().numpy())
+            bar.update(len(x))
+    return Scored(
+        scores={k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()},
+        recon=np.concatenate(recons) if keep_maps and recons else None,
+        errors=np.concatenate(errors) if keep_maps and errors else None,
+    )
+
+
+def score_artifact(artifact: Artifact, images: np.ndarray, device: torch.device,
+                   batch_size: int = DEFAULT_BATCH, keep_maps: bool = False,
+                   progress: str | None = None) -> Scored:
+    """Score images with the artifact's own reduction (scores under the key "score")."""
+    return run(artifact.module, images, {"score": artifact.reduction()}, device, batch_size, keep_maps,
+               artifact.meta.input.scale, progress)
+
+
+def heat_scale(reduction: str, threshold: float) -> float:
+    """Error-map value shown as full red in heatmaps: the per-pixel error level of the threshold."""
+    if reduction == "diff_std":
+        return max(threshold * threshold, 1e-12)  # a std of differences; its square is a squared error
+    if reduction == "mse":
+        return max(4.0 * threshold, 1e-12)  # mean of the map; defects are local, well above the mean
+    return max(threshold, 1e-12)  # smoothed_max, topk_mean: already a local squared-error level

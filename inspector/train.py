@@ -1,0 +1,292 @@
+"""Training an autoencoder on good images, then calibrating it on a held-out slice and writing the artifact.
+
+Never imported by the daemon. Determinism: python, numpy and torch are seeded, the split and batch order
+come from the seed, there are no loader workers, and torch runs with deterministic algorithms, so the same
+command on the same machine (same torch version and thread count; CPU) gives the same weights. A time
+budget (`max_minutes`) makes the number of steps depend on speed, and so breaks this.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from . import calibrate
+from .artifact import Artifact, save_artifact
+from .dataset import ImageSet, load_folder, training_folder
+from .inference import resolve_device, run, to_tensor
+from .model import build_model
+from .progress import Progress
+from .scoring import make_reduction
+
+DEFAULT_REDUCTION = "smoothed_max"  # best across the real data sets; see docs/training.md
+DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
+DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
+    "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
+    "dense-ae": {"hidden": 256, "code": 32},
+}
+MIN_IMAGES = 2  # one to train on, one held out for calibration
+FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns
+
+
+class Augment(BaseModel):
+    """Light augmentation that fits line images: small shifts and brightness/contrast jitter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shift: float = Field(0.03, ge=0, le=0.25, description="Largest shift, as a fraction of width/height.")
+    brightness: float = Field(0.05, ge=0, le=0.5, description="Largest brightness offset (pixel scale 0..1).")
+    contrast: float = Field(0.10, ge=0, le=0.5, description="Largest relative contrast change.")
+
+
+class TrainSettings(BaseModel):
+    """Everything that decides the trained model (recorded in model.json under `training`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str = Field("conv-ae", description="Model family (inspector.model.FAMILIES).")
+    height: int = Field(256, ge=8, description="Input height in pixels.")
+    width: int = Field(256, ge=8, description="Input width in pixels.")
+    channels: int | str = Field("auto", description="1, 3 or auto (1 when every image is grayscale).")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters (over defaults).")
+    epochs: int = Field(40, ge=1, description="Passes over the training slice.")
+    batch_size: int = Field(16, ge=1, description="Images per optimisation step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of images held out for validation/calibration.")
+    seed: int = Field(0, description="Seed for the split, initialisation, batch order and augmentation.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop training after this long (best checkpoint kept).")
+    reduction: str = Field(DEFAULT_REDUCTION, description="Score reduction (inspector.scoring.REDUCTIONS).")
+    reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
+    target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
+    augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
+
+
+@dataclass
+class Split:
+    """Images loaded for training, split into a training and a held-out slice."""
+
+    data: ImageSet
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    note: str | None = None  # e.g. "training on DIR/good only"
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the saved artifact and how it went."""
+
+    artifact: Artifact
+    split: Split
+    seconds: float
+    epochs_run: float
+    best_epoch: int
+    best_val_loss: float
+    stopped: str  # "epochs" or "time budget"
+    val_scores: np.ndarray
+    history: list[dict[str, float]]
+
+
+def hparams_for(settings: TrainSettings) -> dict[str, Any]:
+    """The family defaults overlaid with the settings' hyper-parameters."""
+    return {**DEFAULT_HPARAMS.get(settings.family, {}), **settings.hparams}
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Raise ValueError for a family, size, reduction or device that cannot work, before any image is read."""
+    channels = 1 if settings.channels == "auto" else settings.channels
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1, 3 or auto, got {settings.channels!r}")
+    build_model(settings.family, int(channels), settings.height, settings.width, **hparams_for(settings))
+    make_reduction(settings.reduction, settings.reduction_params)
+    resolve_device(settings.device)
+
+
+def load_split(data: Path, settings: TrainSettings, warn: Callable[[str], None] | None = None,
+               progress: bool = False) -> Split:
+    """Load the good images (DIR/good when present) and split them deterministically; ValueError if too few."""
+    folder, note = training_folder(Path(data))
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    images = load_folder(folder, settings.height, settings.width, settings.channels,  # type: ignore[arg-type]
+                         warn=warn, progress=progress)
+    n = len(images)
+    skipped = f" ({len(images.skipped)} unreadable skipped)" if images.skipped else ""
+    if n == 0:
+        raise ValueError(f"{folder}: no readable images{skipped}")
+    if n < MIN_IMAGES:
+        raise ValueError(f"{folder}: found {n} readable image{skipped}; training needs at least {MIN_IMAGES} "
+                         "(some to train on, some held out to set the threshold)")
+    n_val = min(max(1, int(round(n * settings.val_fraction))), n - 1)
+    order = np.random.default_rng(settings.seed).permutation(n)
+    split = Split(data=images, train_idx=np.sort(order[n_val:]), val_idx=np.sort(order[:n_val]), note=note)
+    if n < FEW_IMAGES:
+        split.warnings.append(f"only {n} good images: the model and its threshold will be rough; "
+                              "a few hundred are better")
+    return split
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Deterministic:
+    """Context: deterministic torch algorithms on, restored on exit."""
+
+    def __enter__(self) -> None:
+        self._prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                      torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    def __exit__(self, *exc: object) -> None:
+        enabled, warn_only, bench, det = self._prev
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = bench
+        torch.backends.cudnn.deterministic = det
+
+
+def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by a few pixels (reflecting at the edges) and jitter brightness and contrast."""
+    b, _, h, w = x.shape  # (B, C, H, W)
+    sy, sx = min(int(round(cfg.shift * h)), h - 1), min(int(round(cfg.shift * w)), w - 1)
+    if sy or sx:
+        dy = torch.randint(-sy, sy + 1, (b,), generator=gen).tolist()
+        dx = torch.randint(-sx, sx + 1, (b,), generator=gen).tolist()
+        padded = F.pad(x, (sx, sx, sy, sy), mode="reflect")  # (B, C, H + 2sy, W + 2sx)
+        x = torch.stack([padded[i, :, sy + dy[i]:sy + dy[i] + h, sx + dx[i]:sx + dx[i] + w] for i in range(b)])
+    contrast = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * cfg.contrast
+    brightness = (torch.rand(b, generator=gen) * 2 - 1) * cfg.brightness
+    contrast = contrast.to(x.device).view(b, 1, 1, 1)
+    brightness = brightness.to(x.device).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches; a last batch of one joins the previous one (batch norm needs two)."""
+    order = torch.randperm(n, generator=gen)
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for i, s in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else n
+        yield order[s:end]
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, val: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    for s in range(0, len(val), batch_size):
+        x = val[s:s + batch_size].float().div(255.0)
+        total += F.mse_loss(model(x), x, reduction="sum").item() / x[0].numel()
+    return total / len(val)
+
+
+def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False) -> TrainResult:
+    """Train on the split, keep the best validation checkpoint, calibrate on the held-out slice, save."""
+    started = time.monotonic()
+    device = resolve_device(settings.device)
+    images = split.data.images
+    hparams = hparams_for(settings)
+    with _Deterministic():
+        seed_everything(settings.seed)
+        gen = torch.Generator().manual_seed(settings.seed)
+        model = build_model(settings.family, split.data.channels, settings.height, settings.width, **hparams)
+        model = model.to(device)
+        train_u8 = to_tensor(images[split.train_idx], device, 1.0).to(torch.uint8)  # (N, C, H, W)
+        val_u8 = to_tensor(images[split.val_idx], device, 1.0).to(torch.uint8)
+        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        n = len(train_u8)
+        steps = len(list(_batches(n, settings.batch_size, torch.Generator().manual_seed(0))))
+        deadline = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
+        best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
+        history: list[dict[str, float]] = []
+        stopped, epochs_run = "epochs", 0.0
+        with Progress(settings.epochs * steps, "training", enabled=progress) as bar:
+            for epoch in range(1, settings.epochs + 1):
+                model.train()
+                seen, loss_sum, done = 0, 0.0, 0
+                for idx in _batches(n, settings.batch_size, gen):
+                    x = augment(train_u8[idx.to(device)].float().div_(255.0), settings.augment, gen)
+                    loss = F.mse_loss(model(x), x)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.item() * len(idx)
+                    seen += len(idx)
+                    done += 1
+                    bar.update(postfix=f"epoch {epoch} loss {loss_sum / seen:.5f} best val {best_loss:.5f}")
+                    if time.monotonic() > deadline:
+                        stopped = "time budget"
+                        break
+                val = _val_loss(model, val_u8, settings.batch_size)
+                epochs_run += done / steps
+                history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val})
+                if val < best_loss:
+                    best_loss, best_epoch = val, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+                if stopped != "epochs":
+                    break
+        model.load_state_dict(best_state)
+        model.eval()
+    train_seconds = time.monotonic() - started
+    reduce = make_reduction(settings.reduction, settings.reduction_params)
+    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size).scores["score"]
+    threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
+    threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
+    meta = _meta(split, settings, hparams, threshold, calibrate.good_stats(val_scores), out, device, {
+        "seconds": round(train_seconds, 2), "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch,
+        "best_val_loss": best_loss, "stopped_by": stopped, "history": history,
+    })
+    artifact = save_artifact(out, model, meta)
+    return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started, epochs_run=epochs_run,
+                       best_epoch=best_epoch, best_val_loss=best_loss, stopped=stopped, val_scores=val_scores,
+                       history=history)
+
+
+def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], threshold: Any, stats: Any, out: Path,
+          device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
+    data = split.data
+    return {
+        "name": Path(out).resolve().name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "family": settings.family,
+        "hparams": hparams,
+        "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
+                  "scale": 255.0, "resize": "area"},
+        "score": {"reduction": settings.reduction, "params": settings.reduction_params},
+        "threshold": threshold,
+        "calibration": stats,
+        "data": {
+            "folder": str(data.folder), "count": len(data), "train_count": int(len(split.train_idx)),
+            "held_out_count": int(len(split.val_idx)), "content_hash": data.content_hash,
+            "skipped_unreadable": len(data.skipped), "resized": data.resized,
+            "original_sizes": sorted(f"{w}x{h}" for w, h in data.sizes)[:20],
+        },
+        "training": {
+            "settings": settings.model_dump(mode="json"),
+            "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+            "deterministic": settings.max_minutes is None, **outcome,
+        },
+    }

@@ -1,0 +1,179 @@
+"""The batched inference worker: frames -> preprocessing -> autoencoder -> scores -> verdicts (one per model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .artifact import Artifact
+from .buffer import FrameRing, collect
+from .config import WorkerConfig
+from .preprocess import prepare
+from .scoring import Reduction
+from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Frame, Verdict
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; raises ValueError for a CUDA device that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto -> fp16 on CUDA, fp32 on the CPU."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class Scorer:
+    """A model on its device with its reduction and threshold: uint8 batch in, scores out."""
+
+    def __init__(self, artifact: Artifact, reduction: Reduction, threshold: float, device: torch.device,
+                 dtype: torch.dtype, max_batch: int) -> None:
+        spec = artifact.meta.input
+        self.height, self.width, self.channels = spec.height, spec.width, spec.channels
+        self.scale = spec.scale
+        self.device, self.dtype = device, dtype
+        self.reduction, self.threshold = reduction, threshold
+        self.label = artifact.label
+        model = artifact.module.to(device=device, dtype=dtype).eval()
+        if device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        shape = (max_batch, self.height, self.width) + ((3,) if self.channels == 3 else ())
+        pin = device.type == "cuda"
+        self.host = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)  # preallocated input staging
+        self.host_np: np.ndarray = self.host.numpy()
+
+    def scores(self, n: int) -> list[float]:
+        """Score the first n images staged in `host_np`."""
+        x = self.host[:n]
+        if self.device.type == "cuda":
+            x = x.to(self.device, non_blocking=True)
+        x = x.to(self.dtype).div_(self.scale)  # (B, H, W[, 3]) in [0, 1]
+        x = x.unsqueeze(1) if self.channels == 1 else x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            recon = self.model(x)
+            scores = self.reduction(x.float(), recon.float())  # (B,)
+        return scores.tolist()
+
+    def warm_up(self, batches: tuple[int, ...]) -> None:
+        """Run the model on blank batches so that the first real frame pays no start-up cost."""
+        self.host_np[...] = 0
+        for n in batches:
+            self.scores(n)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class Worker:
+    """Takes batches from its cameras' rings, scores them and hands verdicts to `emit`."""
+
+    def __init__(self, name: str, scorer: Scorer, rings: list[FrameRing], cond: threading.Condition,
+                 rois: dict[str, tuple[int, int, int, int] | None], cfg: WorkerConfig, fail_safe: str,
+                 emit: Callable[[list[Verdict]], None], metrics: Any, log: Any) -> None:
+        self.name = name
+        self.scorer = scorer
+        self.rings = rings
+        self.cond = cond
+        self.cfg = cfg
+        self.heartbeat = time.monotonic()
+        self._rois = rois
+        self._fail_safe = fail_safe
+        self._emit = emit
+        self._metrics = metrics
+        self._log = log
+        self._finish = threading.Event()  # stop once the rings are empty
+        self._abort = threading.Event()  # stop after the batch in hand
+        self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def finish(self, timeout_s: float) -> bool:
+        """Inspect what is buffered, then stop; abort after timeout_s. True when it drained everything."""
+        self._finish.set()
+        with self.cond:
+            self.cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(max(1.0, timeout_s))
+            return False
+        return True
+
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        turn = 0
+        max_wait = self.cfg.max_wait_ms / 1000.0
+        while not self._abort.is_set():
+            self.heartbeat = time.monotonic()
+            batch = collect(self.rings, self.cond, self.cfg.max_batch, max_wait, 0.25, turn)
+            turn += 1
+            if batch:
+                self._emit(self._inspect(batch))
+            elif self._finish.is_set():
+                return
+
+    def _inspect(self, batch: list[Frame]) -> list[Verdict]:
+        s = self.scorer
+        t0 = time.perf_counter()
+        now = time.monotonic()
+        deadline_s = self.cfg.deadline_ms / 1000.0
+        verdicts: list[Verdict] = []
+        staged: list[Frame] = []
+        for frame in batch:
+            if now - frame.t_capture > deadline_s:
+                verdicts.append(self._fail(frame, DEADLINE))
+                continue
+            try:
+                prepare(frame.image, self._rois[frame.camera], s.height, s.width, s.channels,
+                        out=s.host_np[len(staged)])
+            except Exception as exc:  # a frame the preprocessing cannot take (ROI outside it, odd format)
+                self._log.error("preprocessing failed", camera=frame.camera, seq=frame.seq, error=str(exc))
+                verdicts.append(self._fail(frame, ERROR))
+                continue
+            staged.append(frame)
+        if not staged:
+            return verdicts
+        try:
+            scores = s.scores(len(staged))
+        except Exception:
+            self._log.exception("inference failed", worker=self.name, batch=len(staged))
+            return verdicts + [self._fail(f, ERROR) for f in staged]
+        self._metrics.inference_seconds.observe(time.perf_counter() - t0)
+        self._metrics.batch_size.observe(len(staged))
+        thr = s.threshold
+        for frame, score in zip(staged, scores):
+            bad = score >= thr
+            verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
+                                    REJECT if bad else ACCEPT, ANOMALY if bad else OK, score, thr, s.label,
+                                    frame.label))
+        return verdicts
+
+    def _fail(self, frame: Frame, reason: str) -> Verdict:
+        return fail_safe_verdict(frame, reason, self._fail_safe, self.scorer.threshold, self.scorer.label)
+
+
+def fail_safe_verdict(frame: Frame, reason: str, verdict: str, threshold: float | None, model: str | None) -> Verdict:
+    """The verdict of a part that was not inspected: `verdict` (reject unless fail-open), no score."""
+    return Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time, verdict, reason, None,
+                   threshold, model, frame.label)

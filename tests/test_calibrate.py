@@ -1,0 +1,113 @@
+"""Threshold selection: good quantile, best F1, target false-reject rate, two modes, and the good-score stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspector import calibrate
+
+
+def test_good_quantile_rejects_at_most_the_target_share() -> None:
+    """200 distinct good scores at 1%: two may be rejected; the threshold lies between the 2nd and 3rd highest."""
+    scores = np.arange(1, 201, dtype=float)  # 1..200
+    spec = calibrate.good_quantile(scores, 0.01)
+    assert spec.method == "good_quantile"
+    assert spec.value == pytest.approx(198.5)
+    assert np.count_nonzero(scores >= spec.value) == 2
+    assert spec.details["allowed_rejects"] == 2
+    assert spec.details["false_reject_rate_on_calibration"] == pytest.approx(0.01)
+
+
+def test_good_quantile_with_ties_never_rejects_more_than_allowed() -> None:
+    """Tied scores move the threshold above the tie rather than over-reject."""
+    scores = np.array([1.0] * 10 + [5.0] * 5)  # 15 scores, 10% allows 1 reject, but five tie at the top
+    spec = calibrate.good_quantile(scores, 0.1)
+    assert np.count_nonzero(scores >= spec.value) == 0
+    assert spec.value > 5.0
+
+
+def test_good_quantile_with_too_few_images_sits_above_the_maximum() -> None:
+    """Fewer than 1/rate images: nothing may be rejected, the note says so, and float32 scores agree."""
+    scores = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    spec = calibrate.good_quantile(scores, 0.01)
+    assert spec.value > 0.4
+    assert np.count_nonzero(scores >= np.float32(spec.value)) == 0
+    assert "note" in spec.details and spec.details["expected_false_reject_rate"] == pytest.approx(1 / 5)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5, float("nan"), "x"])
+def test_rate_out_of_range_is_refused(rate: object) -> None:
+    """The target false-reject rate must lie strictly between 0 and 1."""
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        calibrate.good_quantile(np.array([1.0, 2.0]), rate)  # type: ignore[arg-type]
+
+
+def test_empty_or_non_finite_scores_are_refused() -> None:
+    """No scores, or NaN scores, give a ValueError naming the problem."""
+    with pytest.raises(ValueError, match="no good scores"):
+        calibrate.good_quantile(np.array([]), 0.01)
+    with pytest.raises(ValueError, match="finite"):
+        calibrate.good_stats(np.array([1.0, np.inf]))
+
+
+def test_best_f1_separates_labelled_scores() -> None:
+    """Separable good and defect scores: F1 1, threshold between the classes, details recorded."""
+    good = np.array([0.1, 0.2, 0.25, 0.3])
+    defect = np.array([0.6, 0.7])
+    spec = calibrate.best_f1(good, defect)
+    assert spec.method == "best_f1"
+    assert 0.3 < spec.value <= 0.6
+    assert spec.details["f1"] == 1.0 and spec.details["miss_rate"] == 0.0 and spec.details["false_reject_rate"] == 0.0
+
+
+def test_target_false_reject_uses_the_good_scores_and_reports_misses() -> None:
+    """The threshold comes from the good scores alone; the details give the miss rate it costs."""
+    good = np.arange(1, 101, dtype=float)  # 1..100; 1% allows one reject -> threshold 99.5
+    defect = np.array([50.0, 99.7, 150.0, 200.0])
+    spec = calibrate.target_false_reject(good, defect, 0.01)
+    assert spec.method == "target_false_reject"
+    assert spec.value == pytest.approx(99.5)
+    assert spec.details["miss_rate"] == pytest.approx(0.25)
+    assert spec.value == calibrate.good_quantile(good, 0.01).value
+
+
+def _mixture(n_good: int, n_defect: int, gap: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(-5.0, 0.25, n_good), rng.lognormal(-5.0 + gap, 0.3, n_defect)
+
+
+@pytest.mark.parametrize("n_defect", [3, 6, 15])
+def test_two_modes_splits_a_few_defects_from_many_good(n_defect: int) -> None:
+    """Unlabelled scores, mostly good with a few clear defects: the split rejects the defects, few goods."""
+    good, defect = _mixture(300, n_defect, 1.5, seed=n_defect)
+    spec = calibrate.two_modes(np.r_[good, defect])
+    assert spec.method == "two_modes"
+    assert np.mean(good >= spec.value) <= 0.02
+    assert np.mean(defect >= spec.value) >= 0.8
+    assert spec.details["separated"] is True and spec.details["ashman_d"] >= 2
+
+
+def test_two_modes_without_defects_rejects_only_the_tail() -> None:
+    """A single mode: the guard keeps the threshold in the upper tail (no half-split as Otsu would do)."""
+    good, _ = _mixture(400, 0, 0.0, seed=7)
+    spec = calibrate.two_modes(good)
+    assert np.mean(good >= spec.value) <= 0.05
+
+
+def test_two_modes_refuses_too_few_or_equal_scores() -> None:
+    """Fewer than ten scores, or all equal, cannot be split."""
+    with pytest.raises(ValueError, match="at least"):
+        calibrate.two_modes(np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="equal"):
+        calibrate.two_modes(np.full(20, 0.5))
+
+
+def test_good_stats() -> None:
+    """Mean, std, min, max and the documented quantile levels."""
+    scores = np.arange(1, 1001, dtype=float)
+    stats = calibrate.good_stats(scores)
+    assert stats.count == 1000 and stats.mean == pytest.approx(500.5) and stats.min == 1 and stats.max == 1000
+    assert stats.std == pytest.approx(np.std(scores))
+    assert set(stats.quantiles) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
+    assert stats.quantiles["0.5"] == pytest.approx(500.5)
