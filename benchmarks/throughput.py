@@ -135,7 +135,8 @@ def main() -> None:
           f"{args.cameras} synthetic cameras at 256x256")
     print(f"{'run':<34}{'frames/s':>10}{'ratio':>8}{'fail-safe/s':>13}{'p50 ms':>9}{'p99 ms':>9}")
     print(f"{'bare model forward (mean of 2)':<34}{bare:>10.1f}{1.0:>8.2f}{'-':>13}{'-':>9}{'-':>9}")
-    print(f"{'daemon, saturated (%.1fx cameras)' % args.overdrive:<34}{sat['inspected_fps']:>10.1f}"
+    sat_label = f"daemon, saturated ({args.overdrive:.1f}x cameras)"
+    print(f"{sat_label:<34}{sat['inspected_fps']:>10.1f}"
           f"{sat['inspected_fps'] / bare:>8.2f}{sat['failsafe_fps']:>13.1f}{sat['p50_ms']:>9.1f}{sat['p99_ms']:>9.1f}")
     label = f"daemon, {args.cameras} x {args.demo_fps:g} fps (demo)"
     print(f"{label:<34}{demo['inspected_fps']:>10.1f}{demo['inspected_fps'] / bare:>8.2f}"

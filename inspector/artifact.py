@@ -48,7 +48,9 @@ class ThresholdSpec(_Strict):
     """The decision threshold and how it was chosen."""
 
     value: float = Field(description="Scores at or above this are anomalies.")
-    method: str = Field(description="How it was chosen: good_quantile, best_f1, target_false_reject, two_modes, manual.")
+    method: str = Field(
+        description="How it was chosen: good_quantile, best_f1, target_false_reject, two_modes, manual."
+    )
     details: dict[str, Any] = Field(default_factory=dict, description="Method inputs and outcomes.")
 
 

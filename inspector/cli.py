@@ -95,8 +95,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         meta = read_meta(cam.model)
         print(f"camera {cam.id}: {cam.source.type} -> model {meta.name} ({meta.family}, "
               f"{meta.input.width}x{meta.input.height}x{meta.input.channels}, threshold {meta.threshold.value:.6g})")
+    m = config.metrics
+    metrics = f"http://{m.address}:{m.port}/metrics" if m.enabled else "off"
     print(f"{args.config}: OK ({len(config.cameras)} camera(s), publisher {config.publisher.endpoint}, "
-          f"metrics {'http://%s:%d/metrics' % (config.metrics.address, config.metrics.port) if config.metrics.enabled else 'off'})")
+          f"metrics {metrics})")
     return EXIT_OK
 
 
@@ -129,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _install_signal_handlers(service: "object") -> None:
+def _install_signal_handlers(service: object) -> None:
     """First SIGTERM/SIGINT: request shutdown. Second SIGINT: skip the drain; third: exit at once."""
     from .service import Service
 

@@ -6,10 +6,10 @@ Loading validates; it never opens a camera, loads weights or binds a socket.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -160,6 +160,11 @@ class PublisherConfig(Section):
     heartbeat_s: float = Field(1.0, gt=0, description="Seconds between heartbeat messages.")
     sndhwm: int = Field(100_000, ge=1, description="Messages queued per subscriber before ZeroMQ drops for it.")
     linger_ms: int = Field(1000, ge=0, description="How long close() tries to deliver queued messages.")
+    max_pending: int = Field(
+        100_000, ge=1,
+        description="Verdicts waiting for the publisher thread, at most; beyond it they are counted in "
+        "inspector_publish_overflow_total and logged (bounds memory if the publisher falls behind).",
+    )
     wait_for_subscribers: int = Field(
         0, ge=0, description="Before cameras start, wait for this many subscriptions (e.g. the reject actuator)."
     )
@@ -204,7 +209,7 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging settings.")
 
     @model_validator(mode="after")
-    def _unique_camera_ids(self) -> "Config":
+    def _unique_camera_ids(self) -> Config:
         ids = [c.id for c in self.cameras]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

@@ -7,8 +7,18 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import (BufferConfig, CameraConfig, LoggingConfig, MetricsConfig, OpenCVSource, PublisherConfig,
-                     ReplaySource, ScoringConfig, SyntheticSource, WorkerConfig)
+from .config import (
+    BufferConfig,
+    CameraConfig,
+    LoggingConfig,
+    MetricsConfig,
+    OpenCVSource,
+    PublisherConfig,
+    ReplaySource,
+    ScoringConfig,
+    SyntheticSource,
+    WorkerConfig,
+)
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[[cameras]]", CameraConfig),

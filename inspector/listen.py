@@ -27,7 +27,7 @@ def format_message(topic: str, payload: dict) -> str:
 def listen(endpoint: str, topics: list[str], count: int | None, timeout_s: float | None, as_json: bool,
            heartbeats: bool, out: TextIO = sys.stdout) -> int:
     """Print messages until `count` verdicts or `timeout_s` seconds; returns the number of verdicts printed."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)

@@ -42,6 +42,9 @@ class Metrics:
         self.camera_up = Gauge("inspector_camera_up", "1 while the camera delivers frames.", ["camera"], registry=r)
         self.camera_reconnects = Counter("inspector_camera_reconnects", "Reconnect attempts.", ["camera"],
                                          registry=r)
+        self.publish_overflow = Counter(
+            "inspector_publish_overflow", "Verdicts not published because the publisher queue was full.",
+            ["camera"], registry=r)
         self.model_info = Info("inspector_model", "Loaded models.", ["model"], registry=r)
         self.uptime = Gauge("inspector_uptime_seconds", "Seconds since the daemon started.", registry=r)
         self._server: Any = None

@@ -63,7 +63,7 @@ class Publisher:
 
     def __init__(self, cfg: PublisherConfig, cameras: list[str], deadline_ms: float, fail_safe: str,
                  record: Callable[[Verdict, float], None], cameras_up: Callable[[], dict[str, bool]],
-                 log: Any, started: float) -> None:
+                 log: Any, started: float, overflow: Callable[[Verdict], None] | None = None) -> None:
         self.cfg = cfg
         self._deadline_s = deadline_ms / 1000.0
         self._fail_safe = fail_safe
@@ -72,8 +72,11 @@ class Publisher:
         self._log = log
         self._started = started
         self._queue: queue.SimpleQueue[list[Verdict] | None] = queue.SimpleQueue()
+        self._pending = 0  # verdicts queued and not yet sent; bounded by cfg.max_pending
+        self._pending_lock = threading.Lock()
+        self._overflow = overflow or (lambda v: None)
         self._last_seq: dict[str, int | None] = {cam: None for cam in cameras}
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self.subscriptions = 0
@@ -103,7 +106,7 @@ class Publisher:
             left = until - time.monotonic()
             if left <= 0:
                 break
-            if self._sock.poll(min(left, 0.1) * 1000, zmq.POLLIN):
+            if self._sock.poll(int(min(left, 0.1) * 1000), zmq.POLLIN):
                 self._read_subscriptions()
         return self.subscriptions
 
@@ -113,17 +116,32 @@ class Publisher:
         self._thread.start()
 
     def submit(self, verdicts: list[Verdict]) -> None:
-        """Queue verdicts for publication (never blocks)."""
-        self._queue.put(verdicts)
+        """Queue verdicts for publication (never blocks); past max_pending they are counted, not queued."""
+        with self._pending_lock:
+            room = self.cfg.max_pending - self._pending
+            if room >= len(verdicts):
+                self._pending += len(verdicts)
+            else:
+                self._pending += max(room, 0)
+        if room < len(verdicts):
+            for v in verdicts[max(room, 0):]:
+                self._overflow(v)
+            verdicts = verdicts[: max(room, 0)]
+        if verdicts:
+            self._queue.put(verdicts)
 
-    def close(self, timeout_s: float) -> None:
-        """Publish everything queued, then close the socket (lingering up to linger_ms)."""
+    def close(self, timeout_s: float) -> bool:
+        """Publish everything queued, then close the socket (lingering up to linger_ms); False on time-out."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout_s)
-        if self._sock is not None:
+            if self._thread.is_alive():  # the thread owns the socket; it closes it when it gets there
+                self._log.warning("publisher still flushing at close", pending=self._pending)
+                return False
+        elif self._sock is not None:
             self._sock.close()
-            self._sock = None
+        self._sock = None
+        return True
 
     def _run(self) -> None:
         next_beat = time.monotonic()
@@ -139,8 +157,12 @@ class Publisher:
                 continue
             if item is None:
                 self._heartbeat(time.monotonic())
+                assert self._sock is not None
+                self._sock.close()  # closed by the thread that uses it: ZeroMQ sockets are not thread-safe
                 return
             self._send(item)
+            with self._pending_lock:
+                self._pending -= len(item)
 
     def _send(self, verdicts: list[Verdict]) -> None:
         sock = self._sock

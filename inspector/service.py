@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from .artifact import Artifact, load_artifact
 from .buffer import FrameRing
 from .capture import make_source
-from .capture.camera import UP, Camera
+from .capture.camera import FINISHED, UP, Camera
 from .config import CameraConfig, Config
 from .errors import UsageError
 from .logs import get_logger
@@ -24,14 +23,16 @@ from .types import NOT_INSPECTED, Frame, Verdict
 from .worker import Scorer, Worker, fail_safe_verdict, resolve_device, resolve_dtype
 
 LIVENESS_S = 30.0  # a worker or publisher silent for this long stops the systemd watchdog pings
+READY_GRACE_S = 10.0  # READY=1 waits this long at most for every camera's first frame
 
 
 class Service:
     """The inspection daemon. `start` acquires, `run` supervises, `shutdown` releases; the CLI drives them."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, ready_grace_s: float = READY_GRACE_S) -> None:
         self.config = config
+        self.ready_grace_s = ready_grace_s
         self.metrics = Metrics(registry)
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()  # set by the signal handler: begin shutdown
@@ -55,7 +56,7 @@ class Service:
         artifacts = self._load_models()
         self.publisher = Publisher(cfg.publisher, [c.id for c in cfg.cameras], cfg.worker.deadline_ms,
                                    cfg.scoring.not_inspected_verdict, self._record, self._cameras_up,
-                                   get_logger("publisher"), self.started)
+                                   get_logger("publisher"), self.started, self._publish_overflow)
         endpoint = self.publisher.bind()
         self._log.info("publisher bound", endpoint=endpoint)
         self.metrics.track_uptime(self.started)
@@ -76,8 +77,18 @@ class Service:
             worker.start()
         for cam in self.cameras.values():
             cam.start()
-        self.notifier.send("READY=1\nSTATUS=inspecting")
-        self._log.info("ready", cameras=len(self.cameras), workers=len(self.workers))
+        silent = self._await_first_frames()
+        status = "inspecting" + (f"; no frame yet from {', '.join(silent)} (retrying)" if silent else "")
+        self.notifier.send(f"READY=1\nSTATUS={status}")
+        self._log.info("ready", cameras=len(self.cameras), workers=len(self.workers), silent=silent)
+
+    def _await_first_frames(self) -> list[str]:
+        """Wait until every camera delivered a frame (or finished), at most ready_grace_s; the silent ones."""
+        end = time.monotonic() + self.ready_grace_s
+        while True:
+            silent = [c for c, cam in self.cameras.items() if cam.frames == 0 and cam.state != FINISHED]
+            if not silent or time.monotonic() >= end or self.stop_event.wait(0.02):
+                return silent
 
     def _load_models(self) -> dict[Path, Artifact]:
         artifacts: dict[Path, Artifact] = {}
@@ -158,15 +169,24 @@ class Service:
     def _on_drop(self, frame: Frame, reason: str) -> None:
         self.metrics.frames_dropped.labels(frame.camera, reason).inc()
         self._emit([self._not_inspected(frame)])
+        self._log_burst("frames dropped", frame.camera, reason)
+
+    def _log_burst(self, event: str, camera: str, reason: str) -> None:
+        """One log line per event and camera per second during a burst, with the count since the last."""
         now = time.monotonic()
-        with self._drop_lock:  # one log line per camera per second during a burst of drops
-            since, count = self._drops.get(frame.camera, (0.0, 0))
+        key = f"{event}/{camera}"
+        with self._drop_lock:
+            since, count = self._drops.get(key, (0.0, 0))
             if now - since >= 1.0:
-                self._log.warning("frames dropped", camera=frame.camera, reason=reason, count=count + 1,
+                self._log.warning(event, camera=camera, reason=reason, count=count + 1,
                                   policy=self.config.buffer.policy)
-                self._drops[frame.camera] = (now, 0)
+                self._drops[key] = (now, 0)
             else:
-                self._drops[frame.camera] = (since, count + 1)
+                self._drops[key] = (since, count + 1)
+
+    def _publish_overflow(self, v: Verdict) -> None:
+        self.metrics.publish_overflow.labels(v.camera).inc()
+        self._log_burst("publisher queue full: verdict not published", v.camera, v.reason)
 
     def _not_inspected(self, frame: Frame) -> Verdict:
         threshold, model = self._model_of[frame.camera]

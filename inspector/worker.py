@@ -50,7 +50,7 @@ class Scorer:
         self.label = artifact.label
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         shape = (max_batch, self.height, self.width) + ((3,) if self.channels == 3 else ())
         pin = device.type == "cuda"
@@ -162,7 +162,7 @@ class Worker:
         self._metrics.inference_seconds.observe(time.perf_counter() - t0)
         self._metrics.batch_size.observe(len(staged))
         thr = s.threshold
-        for frame, score in zip(staged, scores):
+        for frame, score in zip(staged, scores, strict=True):
             bad = score >= thr
             verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
                                     REJECT if bad else ACCEPT, ANOMALY if bad else OK, score, thr, s.label,

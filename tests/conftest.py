@@ -28,12 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_model(path: Path, size: int = 32, channels: int = 1, threshold: float = 0.05, seed: int = 0,
-               reduction: str = "mse") -> Path:
+               reduction: str = "mse", base_width: int = 4) -> Path:
     """A real (untrained) conv-ae artifact, small enough to run fast on the CPU."""
     import torch
 
     torch.manual_seed(seed)
-    hp = {"base_width": 4, "depth": 2, "latent": 4}
+    hp = {"base_width": base_width, "depth": 2, "latent": 4}
     net = build_model("conv-ae", channels, size, size, **hp)
     save_artifact(path, net, {
         "name": path.name, "created_at": "2026-01-01T00:00:00Z", "family": "conv-ae", "hparams": hp,
@@ -98,9 +98,9 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
 class Line:
     """An in-process daemon with a SUB socket subscribed before cameras start (wait_for_subscribers)."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, ready_grace_s: float = 10.0) -> None:
         self.config = load_config(config_path)
-        self.service = Service(self.config, registry=CollectorRegistry())
+        self.service = Service(self.config, registry=CollectorRegistry(), ready_grace_s=ready_grace_s)
         self.ctx = zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -110,7 +110,7 @@ class Line:
         self.messages: list[tuple[str, dict]] = []
         self._runner: threading.Thread | None = None
 
-    def start(self) -> "Line":
+    def start(self) -> Line:
         self.service.start()
         self._runner = threading.Thread(target=self.service.run, daemon=True)
         self._runner.start()
@@ -145,8 +145,8 @@ def line_factory() -> Iterator[Any]:
     """Builds Lines and stops them after the test."""
     lines: list[Line] = []
 
-    def make(config_path: Path) -> Line:
-        line = Line(config_path)
+    def make(config_path: Path, ready_grace_s: float = 10.0) -> Line:
+        line = Line(config_path, ready_grace_s)
         lines.append(line)
         return line
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from inspector.config import ConfigError, ReplaySource, load_config
 
@@ -85,7 +86,7 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(GOOD)
     cfg = load_config(path)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.worker.max_batch = 3  # type: ignore[misc]
 
 

@@ -63,6 +63,26 @@ def test_slow_subscriber_never_blocks(tmp_path: Path) -> None:
     assert elapsed < 15, f"publishing to a stuck subscriber took {elapsed:.1f} s"
 
 
+def test_pending_verdicts_are_bounded_and_overflow_counted(tmp_path: Path) -> None:
+    """If the publisher falls behind, at most max_pending verdicts wait; the rest are handed to `overflow`."""
+    lost: list = []
+    pub = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/p.ipc", max_pending=100), ["cam1"], 1000.0,
+                    "reject", lambda v, lat: None, lambda: {}, get_logger("test"), time.monotonic(), lost.append)
+    pub.bind()
+    for i in range(0, 1000, 30):
+        pub.submit([verdict(s) for s in range(i, min(i + 30, 1000))])
+    assert pub._pending == 100 and len(lost) == 900
+    assert [v.seq for v in lost][:3] == [100, 101, 102]
+    pub.start()
+    end = time.monotonic() + 5
+    while pub._pending and time.monotonic() < end:
+        time.sleep(0.01)
+    assert pub._pending == 0
+    pub.submit([verdict(1000)])
+    assert len(lost) == 900
+    assert pub.close(2.0)
+
+
 def test_late_verdict_becomes_fail_safe_deadline(tmp_path: Path) -> None:
     pub, recorded = make_publisher(f"ipc://{tmp_path}/p.ipc", deadline_ms=50)
     pub.start()

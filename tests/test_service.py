@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from inspector.buffer import FrameRing
-from inspector.capture.camera import Camera
-from inspector.config import CameraConfig
-from inspector.metrics import Metrics
-from inspector.types import Grab
-
 from inspector.capture import SOURCES, make_source
-from inspector.config import OpenCVSource, ReplaySource, SyntheticSource
-from inspector.types import FrameSource
+from inspector.capture.camera import Camera
+from inspector.config import CameraConfig, OpenCVSource, ReplaySource, SyntheticSource
+from inspector.metrics import Metrics
+from inspector.types import FrameSource, Grab
 
 from .conftest import make_model, metric_sum, scrape, write_config, write_images, write_video
 
@@ -52,7 +49,8 @@ def test_replay_folder_every_frame_gets_exactly_one_message(tmp_path: Path, line
     and the metrics scraped over HTTP agree with what was published."""
     labels = write_images(tmp_path / "parts", 40, defect_rate=0.3, size=48)
     model = make_model(tmp_path / "m", size=32, threshold=0.02)
-    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, f'{{ type = "replay", path = "{tmp_path}/parts", fps = 0 }}'),
+    src = f'{{ type = "replay", path = "{tmp_path}/parts", fps = 0 }}'
+    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src),
                        **sections(tmp_path, buffer={"capacity": 64}))
     line = line_factory(cfg).start()
     line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 40)
@@ -96,31 +94,35 @@ def test_video_file_through_ffmpeg_and_roi(tmp_path: Path, line_factory) -> None
 
 
 def test_overload_gives_counted_fail_safe_rejects_and_bounded_memory(tmp_path: Path, line_factory) -> None:
-    """Two cameras as fast as they go into rings of 4: frames are dropped, yet every captured frame gets
-    exactly one message (dropped ones: reject/not_inspected), counts agree, memory stays bounded."""
-    model = make_model(tmp_path / "m", size=32)
-    src = '{ type = "synthetic", fps = 0, width = 64, height = 64, bank_size = 8, seed = %d }'
+    """Two cameras far faster than the model into rings of 4: frames are dropped, yet every captured frame
+    gets exactly one message (dropped ones: reject/not_inspected), the counts agree, memory stays bounded."""
+    model = make_model(tmp_path / "m", size=128, base_width=32)
+    src = '{ type = "synthetic", fps = 400, width = 128, height = 128, bank_size = 8, seed = %d }'
     cfg = write_config(tmp_path / "c.toml",
                        camera("cam1", model, src % 1) + camera("cam2", model, src % 2),
                        **sections(tmp_path, buffer={"capacity": 4}, worker={"max_batch": 4, "max_wait_ms": 1}))
     line = line_factory(cfg).start()
+    line.receive(lambda m: False, timeout=1.0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     line.receive(lambda m: False, timeout=3.0)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     line.stop()
-    samples_captured = {c: line.service.cameras[c].frames for c in ("cam1", "cam2")}
+    captured = {c: line.service.cameras[c].frames for c in ("cam1", "cam2")}
     verdicts = line.verdicts()
-    for cam, captured in samples_captured.items():
+    for cam, n in captured.items():
         seqs = sorted(v["seq"] for v in verdicts if v["camera"] == cam)
-        assert seqs == list(range(captured)), f"{cam}: gap or duplicate in seq"
+        assert seqs == list(range(n)), f"{cam}: gap or duplicate in seq"
     dropped = [v for v in verdicts if v["reason"] == "not_inspected"]
-    assert len(dropped) > 0.5 * len(verdicts), "an as-fast-as-possible camera should overrun the model"
+    inspected = [v for v in verdicts if v["reason"] in ("ok", "anomaly")]
+    assert dropped and inspected
+    assert len(dropped) > len(inspected), "cameras at 2 x 400 fps should overrun this model on 2 cores"
     assert all(v["verdict"] == "reject" and v["score"] is None for v in dropped)
     m = line.service.metrics
     counted = sum(m.frames_dropped.labels(c, r)._value.get() for c in ("cam1", "cam2")
                   for r in ("buffer_full", "shutdown"))
     assert counted == len(dropped)
-    assert (rss1 - rss0) < 200_000, f"resident memory grew by {rss1 - rss0} KiB under overload"
+    assert sum(m.publish_overflow.labels(c)._value.get() for c in ("cam1", "cam2")) == 0
+    assert (rss1 - rss0) < 100_000, f"resident memory grew by {rss1 - rss0} KiB under overload"
 
 
 def test_fail_open_is_explicit(tmp_path: Path, line_factory) -> None:
@@ -158,7 +160,9 @@ def test_camera_down_at_start_then_reconnected_and_reopened(tmp_path: Path, line
     cfg = write_config(tmp_path / "c.toml",
                        camera("cam1", model, src, extra="reconnect_min_s = 0.1\nreconnect_max_s = 0.2"),
                        **sections(tmp_path))
-    line = line_factory(cfg).start()
+    t0 = time.monotonic()
+    line = line_factory(cfg, ready_grace_s=1.0).start()
+    assert 0.9 < time.monotonic() - t0 < 8, "a camera that is down delays READY by the grace period only"
     port = line.service.metrics_port
     time.sleep(0.6)
     samples = scrape(port)

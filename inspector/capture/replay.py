@@ -53,11 +53,11 @@ class ReplayCamera:
                     raise SourceClosed()
                 self._index = 0
             path, label = self._items[self._index % len(self._items)]
-            image = read_image(path)
-            if image is None:
+            loaded = read_image(path)
+            if loaded is None:
                 raise OSError(f"cannot read image {path}")
             self._index += 1
-            return Grab(image=image, part_id=self._index - 1, label=label)
+            return Grab(image=loaded, part_id=self._index - 1, label=label)
         self._index += 1
         return Grab(image=image, part_id=self._index - 1)
 
