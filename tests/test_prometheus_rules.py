@@ -29,6 +29,7 @@ COUNTERS = {
     "inspector_verdicts",
     "inspector_camera_reconnects",
     "inspector_known_parts",
+    "inspector_publish_overflow",
 }
 HISTOGRAMS = {
     "inspector_inference_batch_size",

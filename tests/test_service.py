@@ -234,3 +234,27 @@ def test_stalled_camera_is_replaced_and_its_late_frame_discarded() -> None:
     assert all(f.part_id != -1 for f in frames)
     assert sources[1].opened == 1
     assert registry.camera_reconnects.labels("cam1")._value.get() == 1
+
+
+def test_opencv_stream_url_over_http(tmp_path: Path, line_factory) -> None:
+    """An `opencv` camera on an http:// URL: FFmpeg fetches the stream from a real local HTTP server."""
+    import functools
+    import http.server
+
+    write_video(tmp_path / "www.avi", 12, size=64)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        model = make_model(tmp_path / "m", size=32)
+        url = f"http://127.0.0.1:{server.server_address[1]}/www.avi"
+        src = f'{{ type = "opencv", source = "{url}", backend = "ffmpeg", fps = 100 }}'
+        cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src), **sections(tmp_path))
+        line = line_factory(cfg).start()
+        line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 12)
+        line.stop()
+    finally:
+        server.shutdown()
+    verdicts = line.verdicts()
+    assert [v["seq"] for v in verdicts[:12]] == list(range(12))
+    assert all(v["reason"] in ("ok", "anomaly") for v in verdicts[:12])
