@@ -57,6 +57,7 @@ REQUIRED_ALERTS = {
     "LatencyP99High",
     "InspectorDown",
     "KnownDefectAccepted",
+    "VerdictsNotPublished",
 }
 
 PROMQL_KEYWORDS = {
