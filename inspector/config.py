@@ -72,7 +72,53 @@ class OpenCVSource(Section):
     )
 
 
-SourceConfig = Annotated[Union[SyntheticSource, ReplaySource, OpenCVSource], Field(discriminator="type")]
+class GenICamSettings(Section):
+    """Settings shared by the GenICam back-ends (Aravis, pylon)."""
+
+    pixel_format: str | None = Field(
+        "Mono8", description="GenICam PixelFormat (Mono8, BayerRG8, RGB8, ...); None keeps the camera's."
+    )
+    exposure_us: float | None = Field(None, gt=0, description="ExposureTime in microseconds; None keeps the camera's.")
+    gain_db: float | None = Field(None, description="Gain in dB; None keeps the camera's.")
+    frame_rate: float | None = Field(
+        None, gt=0, description="AcquisitionFrameRate in free run; None keeps the camera's."
+    )
+    trigger_source: str | None = Field(
+        None, description="TriggerSource for hardware-triggered acquisition (e.g. Line1); None: free run."
+    )
+    width: int | None = Field(None, ge=1, description="Sensor region width; None keeps the camera's.")
+    height: int | None = Field(None, ge=1, description="Sensor region height; None keeps the camera's.")
+    buffers: int = Field(8, ge=2, le=256, description="Stream buffers queued to the driver.")
+    timeout_ms: int = Field(2000, ge=10, description="Longest wait for one frame before the read fails.")
+
+
+class AravisSource(GenICamSettings):
+    """A GenICam camera (GigE Vision or USB3 Vision) through Aravis."""
+
+    type: Literal["aravis"] = Field(description="Source type.")
+    device: str | None = Field(
+        None,
+        description="Aravis device id (as `arv-tool-0.8` lists it), serial or IP address; None: the first found.",
+    )
+    interfaces: list[Literal["GigEVision", "USB3Vision", "Fake"]] | None = Field(
+        None, description="Aravis interfaces to search; None: Aravis's defaults. Fake is Aravis's simulated camera."
+    )
+    packet_size: int | None = Field(None, ge=576, description="GigE Vision packet size; None: negotiated.")
+
+
+class PylonSource(GenICamSettings):
+    """A Basler camera through pypylon (GigE, USB3; PYLON_CAMEMU=N adds emulated cameras)."""
+
+    type: Literal["pylon"] = Field(description="Source type.")
+    serial: str | None = Field(None, description="Camera serial number; None: the first found.")
+
+
+SourceConfig = Annotated[
+    Union[SyntheticSource, ReplaySource, OpenCVSource, AravisSource, PylonSource], Field(discriminator="type")
+]
+
+
+SOURCE_TYPES = ("synthetic", "replay", "opencv", "aravis", "pylon")
 
 
 class CameraConfig(Section):
@@ -266,7 +312,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("synthetic", "replay", "opencv") and out.endswith("source"):
+        elif part in SOURCE_TYPES and out.endswith("source"):
             continue  # pydantic's discriminator tag, not a key the user wrote
         else:
             out += ("." if out else "") + str(part)
@@ -275,7 +321,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
     """Best effort: the line of the last key named in loc, counting only the array item it sits in."""
-    keys = [p for p in loc if isinstance(p, str) and p not in ("synthetic", "replay", "opencv")]
+    keys = [p for p in loc if isinstance(p, str) and p not in SOURCE_TYPES]
     if not keys:
         return None
     key = keys[-1]

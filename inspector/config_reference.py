@@ -8,12 +8,14 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .config import (
+    AravisSource,
     BufferConfig,
     CameraConfig,
     LoggingConfig,
     MetricsConfig,
     OpenCVSource,
     PublisherConfig,
+    PylonSource,
     ReplaySource,
     ScoringConfig,
     SyntheticSource,
@@ -25,6 +27,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ('[cameras.source] type = "synthetic"', SyntheticSource),
     ('[cameras.source] type = "replay"', ReplaySource),
     ('[cameras.source] type = "opencv"', OpenCVSource),
+    ('[cameras.source] type = "aravis"', AravisSource),
+    ('[cameras.source] type = "pylon"', PylonSource),
     ("[buffer]", BufferConfig),
     ("[worker]", WorkerConfig),
     ("[scoring]", ScoringConfig),
