@@ -45,7 +45,7 @@ def verdict_payload(v: Verdict, latency_ms: float) -> bytes:
 
 
 def heartbeat_payload(uptime_s: float, last_seq: dict[str, int | None], cameras_up: dict[str, bool]) -> bytes:
-    """The JSON payload of a heartbeat: uptime and, per camera, the last seq published and whether it is up."""
+    """The JSON payload of a heartbeat: uptime and, per camera, the highest seq published and whether it is up."""
     return json.dumps({
         "schema": SCHEMA_VERSION,
         "sent_at": time.time(),
@@ -160,7 +160,10 @@ class Publisher:
                 assert self._sock is not None
                 self._sock.close()  # closed by the thread that uses it: ZeroMQ sockets are not thread-safe
                 return
-            self._send(item)
+            try:
+                self._send(item)
+            except Exception:  # never let one bad message stop publication; the log says what happened
+                self._log.exception("publishing failed", count=len(item))
             with self._pending_lock:
                 self._pending -= len(item)
 
@@ -176,7 +179,9 @@ class Publisher:
                 sock.send_multipart([verdict_topic(v), verdict_payload(v, latency * 1000.0)], flags=zmq.NOBLOCK)
             except zmq.Again:
                 self._log.warning("publish dropped by ZeroMQ", camera=v.camera, seq=v.seq)
-            self._last_seq[v.camera] = v.seq
+            last = self._last_seq.get(v.camera)
+            if last is None or v.seq > last:  # a drop can be published before older frames in flight
+                self._last_seq[v.camera] = v.seq
             self._record(v, latency)
         if sock.poll(0, zmq.POLLIN):
             self._read_subscriptions()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -163,6 +164,10 @@ class Worker:
         self._metrics.batch_size.observe(len(staged))
         thr = s.threshold
         for frame, score in zip(staged, scores, strict=True):
+            if not math.isfinite(score):  # e.g. fp16 overflow: not a judgement anyone should act on
+                self._log.error("non-finite score", camera=frame.camera, seq=frame.seq, score=str(score))
+                verdicts.append(self._fail(frame, ERROR))
+                continue
             bad = score >= thr
             verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
                                     REJECT if bad else ACCEPT, ANOMALY if bad else OK, score, thr, s.label,

@@ -258,3 +258,59 @@ def test_opencv_stream_url_over_http(tmp_path: Path, line_factory) -> None:
     verdicts = line.verdicts()
     assert [v["seq"] for v in verdicts[:12]] == list(range(12))
     assert all(v["reason"] in ("ok", "anomaly") for v in verdicts[:12])
+
+
+def test_hanging_open_is_detected_as_a_stall() -> None:
+    """A source whose open() never returns (a driver stuck on connect) is replaced after
+    stall_timeout_s + reconnect_max_s."""
+    hang, done = threading.Event(), threading.Event()
+
+    class HangingOpen(BlockingSource):
+        def open(self) -> None:
+            self.opened += 1
+            hang.wait(30)
+
+    sources = [HangingOpen(0, done, -1), BlockingSource(1, done, -2)]
+    made = iter(sources)
+    ring = FrameRing("cam1", 8, "drop_oldest", threading.Condition())
+    metrics = Metrics()
+    stop = threading.Event()
+    cfg = CameraConfig(id="cam1", model=Path("m"), source={"type": "synthetic"}, stall_timeout_s=0.2,
+                       reconnect_max_s=0.2)
+    cam = Camera(cfg, lambda: next(made), ring, lambda f, r: None, lambda o, n, d: None,
+                 metrics.frames_captured.labels("cam1"), metrics.camera_reconnects.labels("cam1"), stop)
+    cam.start()
+    time.sleep(0.1)
+    assert not cam.check_stall(time.monotonic())
+    time.sleep(0.4)
+    assert cam.check_stall(time.monotonic())
+    end = time.monotonic() + 3
+    while cam.frames < 1 and time.monotonic() < end:
+        time.sleep(0.02)
+    stop.set()
+    hang.set()
+    done.set()
+    cam.join(2)
+    assert sources[1].opened == 1 and cam.frames >= 1
+
+
+def test_non_finite_scores_give_error_fail_safe(tmp_path: Path, line_factory) -> None:
+    """A model that outputs NaN (corrupted weights, fp16 overflow) yields reject/error, never a NaN score."""
+    import torch
+
+    from inspector.artifact import load_artifact, save_artifact
+
+    model = make_model(tmp_path / "m")
+    art = load_artifact(model)
+    with torch.no_grad():
+        next(art.module.parameters()).fill_(float("nan"))
+    save_artifact(model, art.module, art.meta.model_dump(exclude={"format", "format_version", "weights_sha256",
+                                                                   "inspector_version"}))
+    src = '{ type = "synthetic", fps = 50, width = 64, height = 64, count = 10 }'
+    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src), **sections(tmp_path))
+    line = line_factory(cfg).start()
+    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 10)
+    line.stop()
+    verdicts = line.verdicts()
+    assert len(verdicts) == 10
+    assert all(v["verdict"] == "reject" and v["reason"] == "error" and v["score"] is None for v in verdicts)

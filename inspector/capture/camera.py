@@ -48,8 +48,15 @@ class Camera:
         self._spawn()
 
     def check_stall(self, now: float) -> bool:
-        """Replace the capture thread if it has delivered nothing for stall_timeout_s; True when it did."""
-        if self.state != UP or now - self.last_progress <= self.cfg.stall_timeout_s:
+        """Replace the capture thread if it is stuck; True when it did.
+
+        Stuck: streaming but no frame for stall_timeout_s, or inside open() (which stamps no progress) for
+        stall_timeout_s beyond the longest back-off wait.
+        """
+        if self.state == FINISHED:
+            return False
+        limit = self.cfg.stall_timeout_s + (0.0 if self.state == UP else self.cfg.reconnect_max_s)
+        if now - self.last_progress <= limit:
             return False
         self._set_state(self._gen, STALLED, f"no frame for {now - self.last_progress:.1f} s")
         self._reconnects.inc()
