@@ -125,6 +125,11 @@ class Line:
                 self.messages.append((topic.decode(), json.loads(payload)))
         return self.messages
 
+    def receive_verdicts(self, count: int, timeout: float = 20.0) -> list[dict]:
+        """Collect messages until `count` verdicts (not heartbeats) arrived or timeout; the verdicts."""
+        self.receive(lambda m: sum(t != "heartbeat" for t, _ in m) >= count, timeout)
+        return self.verdicts()
+
     def verdicts(self) -> list[dict]:
         return [p for t, p in self.messages if t != "heartbeat"]
 

@@ -51,7 +51,7 @@ def test_daemon_runs_on_cuda(tmp_path: Path, line_factory) -> None:
     cfg = write_config(tmp_path / "c.toml", cams, publisher={"endpoint": f"ipc://{tmp_path}/p.ipc",
                        "wait_for_subscribers": 1}, worker={"device": "cuda", "max_batch": 8}, metrics={"port": 0})
     line = line_factory(cfg).start()
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 50)
+    line.receive_verdicts(50)
     line.stop()
     verdicts = line.verdicts()
     assert sorted(v["seq"] for v in verdicts) == list(range(50))

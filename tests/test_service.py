@@ -53,7 +53,7 @@ def test_replay_folder_every_frame_gets_exactly_one_message(tmp_path: Path, line
     cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src),
                        **sections(tmp_path, buffer={"capacity": 64}))
     line = line_factory(cfg).start()
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 40)
+    line.receive_verdicts(40)
     port = line.service.metrics_port
     samples = scrape(port)
     line.stop()
@@ -85,7 +85,7 @@ def test_video_file_through_ffmpeg_and_roi(tmp_path: Path, line_factory) -> None
                        camera("cam1", model, f'{{ type = "replay", path = "{tmp_path}/parts.avi", fps = 0 }}',
                               extra="roi = [8, 8, 48, 48]"), **sections(tmp_path, buffer={"capacity": 64}))
     line = line_factory(cfg).start()
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 25)
+    line.receive_verdicts(25)
     line.stop()
     verdicts = line.verdicts()
     assert [v["seq"] for v in verdicts] == list(range(25))
@@ -144,7 +144,7 @@ def test_deadline_gives_fail_safe_instead_of_late_verdict(tmp_path: Path, line_f
                        camera("cam1", model, '{ type = "synthetic", fps = 50, width = 64, height = 64, count = 20 }'),
                        **sections(tmp_path, worker={"deadline_ms": 0.001}))
     line = line_factory(cfg).start()
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 20)
+    line.receive_verdicts(20)
     line.stop()
     verdicts = line.verdicts()
     assert len(verdicts) == 20
@@ -171,7 +171,7 @@ def test_camera_down_at_start_then_reconnected_and_reopened(tmp_path: Path, line
     tmp = tmp_path / "tmp.avi"
     write_video(tmp, 10, size=48)
     tmp.rename(video)
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 25, timeout=20)
+    line.receive_verdicts(25, timeout=20)
     samples = scrape(port)
     line.stop()
     verdicts = line.verdicts()
@@ -251,7 +251,7 @@ def test_opencv_stream_url_over_http(tmp_path: Path, line_factory) -> None:
         src = f'{{ type = "opencv", source = "{url}", backend = "ffmpeg", fps = 100 }}'
         cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src), **sections(tmp_path))
         line = line_factory(cfg).start()
-        line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 12)
+        line.receive_verdicts(12)
         line.stop()
     finally:
         server.shutdown()
@@ -309,7 +309,7 @@ def test_non_finite_scores_give_error_fail_safe(tmp_path: Path, line_factory) ->
     src = '{ type = "synthetic", fps = 50, width = 64, height = 64, count = 10 }'
     cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src), **sections(tmp_path))
     line = line_factory(cfg).start()
-    line.receive(lambda m: len([1 for t, _ in m if t != "heartbeat"]) >= 10)
+    line.receive_verdicts(10)
     line.stop()
     verdicts = line.verdicts()
     assert len(verdicts) == 10
