@@ -61,6 +61,10 @@ class SourceClosed(Exception):
     """A finite source (a replay run once) has delivered all its frames."""
 
 
+class NoFrame(Exception):
+    """The camera is healthy but no frame came within its timeout (a triggered camera on an idle line)."""
+
+
 @runtime_checkable
 class FrameSource(Protocol):
     """A camera back-end: opened, read frame by frame, closed; may be reopened after a failure."""
@@ -71,7 +75,8 @@ class FrameSource(Protocol):
         """Connect to the camera; raises OSError (or a subclass) when it cannot."""
 
     def read(self) -> Grab:
-        """Return the next frame; raises OSError on failure, SourceClosed at the end of a finite source."""
+        """Return the next frame; raises OSError on failure, NoFrame when a healthy triggered camera saw no part
+        within its timeout, SourceClosed at the end of a finite source."""
 
     def close(self) -> None:
         """Release the camera; safe to call twice or after a failed open."""

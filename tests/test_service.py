@@ -314,3 +314,30 @@ def test_non_finite_scores_give_error_fail_safe(tmp_path: Path, line_factory) ->
     verdicts = line.verdicts()
     assert len(verdicts) == 10
     assert all(v["verdict"] == "reject" and v["reason"] == "error" and v["score"] is None for v in verdicts)
+
+
+def test_idle_triggered_camera_is_not_reconnected() -> None:
+    """A source that answers NoFrame (a triggered camera on an idle line) stays up: no reconnect, no stall."""
+    from inspector.types import NoFrame
+
+    class IdleTriggered(BlockingSource):
+        def read(self) -> Grab:
+            time.sleep(0.05)
+            raise NoFrame("no trigger")
+
+    source = IdleTriggered(0, threading.Event(), -1)
+    ring = FrameRing("cam1", 8, "drop_oldest", threading.Condition())
+    metrics = Metrics()
+    stop = threading.Event()
+    states: list[str] = []
+    cfg = CameraConfig(id="cam1", model=Path("m"), source={"type": "synthetic"}, stall_timeout_s=0.2)
+    cam = Camera(cfg, lambda: source, ring, lambda f, r: None, lambda o, n, d: states.append(n),
+                 metrics.frames_captured.labels("cam1"), metrics.camera_reconnects.labels("cam1"), stop)
+    cam.start()
+    for _ in range(10):
+        time.sleep(0.1)
+        assert not cam.check_stall(time.monotonic())
+    stop.set()
+    cam.join(2)
+    assert states == ["up"] and source.opened == 1 and cam.frames == 0
+    assert metrics.camera_reconnects.labels("cam1")._value.get() == 0

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ..buffer import FrameRing
 from ..config import CameraConfig
-from ..types import Frame, FrameSource, SourceClosed
+from ..types import Frame, FrameSource, NoFrame, SourceClosed
 
 UP, DOWN, STALLED, FINISHED, STARTING = "up", "down", "stalled", "finished", "starting"
 
@@ -127,7 +127,11 @@ class Camera:
                 if delay > 0 and self._stop.wait(delay):
                     return
                 due = max(due + interval, time.monotonic() - interval)
-            grab = source.read()
+            try:
+                grab = source.read()
+            except NoFrame:  # idle line: the driver answered, so this is progress, not a stall
+                self.last_progress = time.monotonic()
+                continue
             now = time.monotonic()
             with self._lock:
                 if gen != self._gen:
