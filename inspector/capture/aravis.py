@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 
 from ..config import AravisSource
-from ..types import Grab
+from ..types import Grab, NoFrame
 
 INSTALL_HINT = (
     "install Aravis and PyGObject: apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev "
@@ -163,7 +163,8 @@ class AravisCamera:
         self._log.info("aravis camera opened", **self.settings)
 
     def read(self) -> Grab:
-        """The next complete frame, with its frame id as part_id; OSError when none arrives within timeout_ms."""
+        """The next complete frame, with its frame id as part_id; OSError when none arrives within timeout_ms
+        (NoFrame instead for a triggered camera that saw no trigger: an idle line, not a failure)."""
         stream = self._stream
         if stream is None:
             raise OSError(f"{self.name}: not open")
@@ -175,6 +176,9 @@ class AravisCamera:
             buffer = stream.timeout_pop_buffer(left_us) if left_us > 0 else None
             if buffer is None:
                 extra = f"; {skipped} incomplete, the last {last}" if skipped else ""
+                if self.cfg.trigger_source is not None and not skipped:  # an idle triggered line is healthy
+                    raise NoFrame(f"{self.name}: no trigger on {self.cfg.trigger_source} within "
+                                  f"{self.cfg.timeout_ms} ms")
                 raise OSError(f"{self.name}: timeout, no complete frame within {self.cfg.timeout_ms} ms{extra}")
             try:
                 status = buffer.get_status()
