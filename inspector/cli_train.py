@@ -215,8 +215,19 @@ def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSe
         raise UsageError(f"{option} {folder}: no such folder")
     if not folder.is_dir():
         raise UsageError(f"{option} {folder}: not a folder")
+    from .images import list_images
+
+    recursive = False
+    if not list_images(folder):
+        label = {"--good": "good", "--defect": "defect"}.get(option)
+        if label and (folder / label).is_dir():
+            _note(f"{option} {folder} has no images but a {label}/ subfolder: using {folder / label}")
+            folder = folder / label
+        elif option == "--unlabelled":
+            recursive = True
     spec = artifact.meta.input
-    data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet)
+    data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet,
+                       recursive=recursive)
     if len(data) == 0:
         skipped = f" ({len(data.skipped)} unreadable)" if data.skipped else ""
         raise UsageError(f"{option} {folder}: no readable images{skipped}")
@@ -304,8 +315,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized; hash {data.content_hash[:16]}")
     print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
-    print(f"  score     {meta.score.reduction}; held-out good scores mean {meta.calibration.mean:.4g}, "  # type: ignore[union-attr]
-          f"max {meta.calibration.max:.4g}")  # type: ignore[union-attr]
+    cal = meta.calibration
+    assert cal is not None  # train always calibrates
+    print(f"  score     {meta.score.reduction}; held-out good scores mean {cal.mean:.4g}, max {cal.max:.4g}")
     print(f"  threshold {th.value:.6g} ({th.method}, target false-reject {args.target_false_reject:g})")
     if "note" in th.details:
         _warn(str(th.details["note"]))
@@ -432,7 +444,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     defect = score_artifact(artifact, defect_set.images, device, args.batch_size, progress=progress).scores["score"]
     meta = artifact.meta
     threshold = meta.threshold.value
-    metrics = evaluate.summarize(good, defect, threshold)
+    try:
+        metrics = evaluate.summarize(good, defect, threshold)
+    except ValueError as exc:  # e.g. a model whose output is not finite
+        raise UsageError(f"cannot evaluate {args.model}: {exc}") from None
 
     groups = [
         ("highest-scoring good", good_set, np.argsort(-good, kind="stable")[:args.cases], good),

@@ -32,7 +32,7 @@ from .model import build_model
 from .progress import Progress
 from .scoring import make_reduction
 
-DEFAULT_REDUCTION = "smoothed_max"  # best across the real data sets; see docs/training.md
+DEFAULT_REDUCTION = "topk_mean"  # best across the real data sets (docs/training.md)
 DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},

@@ -1,0 +1,281 @@
+"""Training, calibration and evaluation of a tiny real model on generated images, and the artifact it writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from inspector import dataset
+from inspector.artifact import ArtifactError, load_artifact
+from inspector.cli import main
+from inspector.inference import run, score_artifact, to_tensor
+from inspector.progress import Progress
+from inspector.synth import PartRenderer
+from inspector.train import Augment, TrainSettings, augment, fit, load_split
+
+SIZE = 32  # model input; images are rendered at 64 and resized, as the daemon does
+HP = {"base_width": 8, "depth": 3, "latent": 16}
+
+
+def _good_images(folder: Path, count: int, seed: int) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    renderer = PartRenderer(width=64, height=64, channels=1, seed=seed, defect_rate=0.0)
+    images = [renderer.render_part(None).image for _ in range(count)]
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"good_{i:03d}.png"), image)
+    return images
+
+
+def _clearly_defective(image: np.ndarray) -> np.ndarray:
+    """A good part with a large bright patch and a dark gash painted on its face."""
+    out = image.copy()
+    out[14:30, 34:50] = 255
+    out[36:40, 12:44] = 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny model trained for a few seconds on 48 generated good parts, plus test folders."""
+    root = tmp_path_factory.mktemp("train")
+    _good_images(root / "data" / "good", 48, seed=0)
+    fresh = _good_images(root / "test" / "good", 12, seed=1)
+    (root / "test" / "defect").mkdir(parents=True)
+    for i, image in enumerate(fresh[:8]):
+        cv2.imwrite(str(root / "test" / "defect" / f"defect_{i:03d}.png"), _clearly_defective(image))
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=25, batch_size=8, device="cpu",
+                             val_fraction=0.25)
+    split = load_split(root / "data", settings)
+    fit(split, settings, root / "model")
+    return {"root": root, "model": root / "model", "good": root / "test" / "good", "defect": root / "test" / "defect"}
+
+
+def _copy(model: Path, dest: Path) -> Path:
+    shutil.copytree(model, dest)
+    return dest
+
+
+def test_artifact_describes_the_training(trained: dict[str, Path]) -> None:
+    """model.json records family, input, score, threshold, calibration, data summary and training settings."""
+    art = load_artifact(trained["model"])
+    meta = art.meta
+    assert meta.family == "conv-ae" and meta.hparams == HP
+    assert (meta.input.height, meta.input.width, meta.input.channels) == (SIZE, SIZE, 1)
+    assert meta.threshold.method == "good_quantile" and meta.threshold.value > 0
+    assert meta.calibration is not None and meta.calibration.count == 12  # 25% of 48 held out
+    assert meta.data["count"] == 48 and meta.data["train_count"] == 36 and len(meta.data["content_hash"]) == 64
+    assert meta.data["folder"].endswith("good")  # DIR/good was used
+    assert meta.training["settings"]["epochs"] == 25 and meta.training["best_epoch"] >= 1
+    assert meta.training["history"][-1]["val_loss"] > 0
+
+
+def test_defective_scores_above_and_good_below_the_threshold(trained: dict[str, Path]) -> None:
+    """A clearly defective generated image scores above the threshold; typical good ones below."""
+    art = load_artifact(trained["model"])
+    good = dataset.load_folder(trained["good"], SIZE, SIZE, 1)
+    defect = dataset.load_folder(trained["defect"], SIZE, SIZE, 1)
+    sg = score_artifact(art, good.images, torch.device("cpu")).scores["score"]
+    sd = score_artifact(art, defect.images, torch.device("cpu")).scores["score"]
+    threshold = art.meta.threshold.value
+    assert np.all(sd >= threshold), (sd, threshold)
+    assert np.median(sg) < threshold and np.mean(sg < threshold) >= 0.75, (sg, threshold)
+
+
+def test_same_command_gives_the_same_weights(tmp_path: Path) -> None:
+    """Training twice with the same settings on the CPU writes identical weights."""
+    _good_images(tmp_path / "data", 12, seed=3)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4, device="cpu")
+    split = load_split(tmp_path / "data", settings)
+    a = fit(split, settings, tmp_path / "a").artifact.meta.weights_sha256
+    b = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "b").artifact.meta.weights_sha256
+    assert a == b
+    other = settings.model_copy(update={"seed": 1})
+    c = fit(load_split(tmp_path / "data", other), other, tmp_path / "c").artifact.meta.weights_sha256
+    assert c != a
+
+
+def test_time_budget_stops_training(tmp_path: Path) -> None:
+    """With --max-minutes the loop stops early, keeps the best checkpoint and records why."""
+    _good_images(tmp_path / "data", 8, seed=4)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=10_000, batch_size=4, device="cpu",
+                             max_minutes=0.02)
+    result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
+    assert result.stopped == "time budget" and result.epochs_run < 10_000
+    assert result.artifact.meta.training["deterministic"] is False
+
+
+def test_calibrate_commands_write_the_threshold(trained: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """calibrate with good only, good + defect, unlabelled, and a manual value: each writes its method."""
+    model = _copy(trained["model"], tmp_path / "m")
+    good, defect = str(trained["good"]), str(trained["defect"])
+    assert main(["calibrate", "--model", str(model), "--good", good, "--quiet", "--target-false-reject", "0.1"]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["threshold"]["method"] == "good_quantile" and meta["calibration"]["count"] == 12
+    assert main(["calibrate", "--model", str(model), "--good", good, "--defect", defect, "--quiet"]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["threshold"]["method"] == "best_f1" and meta["threshold"]["details"]["f1"] > 0.8
+    assert main(["calibrate", "--model", str(model), "--good", good, "--defect", defect, "--quiet",
+                 "--method", "target-false-reject", "--target-false-reject", "0.2"]) == 0
+    assert json.loads((model / "model.json").read_text())["threshold"]["method"] == "target_false_reject"
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trained["good"], mixed)
+    for p in sorted(trained["defect"].iterdir())[:2]:
+        shutil.copy(p, mixed / p.name)
+    assert main(["calibrate", "--model", str(model), "--unlabelled", str(mixed), "--quiet"]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["threshold"]["method"] == "two_modes" and meta["threshold"]["details"]["n"] == 14
+    assert main(["calibrate", "--model", str(model), "--threshold", "0.5"]) == 0
+    threshold = json.loads((model / "model.json").read_text())["threshold"]
+    assert (threshold["value"], threshold["method"]) == (0.5, "manual")
+    load_artifact(model)  # still a valid artifact
+    assert "threshold" in capsys.readouterr().out
+
+
+def test_evaluate_writes_a_sane_report(trained: dict[str, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate prints the table and writes report.json and a self-contained report.html with sane numbers."""
+    out = tmp_path / "report"
+    code = main(["evaluate", "--model", str(trained["model"]), "--good", str(trained["good"]), "--defect",
+                 str(trained["defect"]), "--report", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "AUROC" in printed and "miss rate" in printed
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert m["n_good"] == 12 and m["n_defect"] == 8
+    assert m["auroc"] > 0.9 and m["average_precision"] > 0.8
+    assert 0 <= m["best_f1"] <= 1 and m["at_threshold"]["miss"] == 0
+    assert len(report["scores"]["good"]) == 12
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "data:image/png;base64," in page and "threshold" in page
+    assert "src=\"http" not in page  # self-contained
+
+
+def test_score_prints_verdicts_and_writes_heatmaps(trained: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """score prints one line per image with its verdict and writes one overlay per image."""
+    defect = sorted(trained["defect"].iterdir())[0]
+    good = sorted(trained["good"].iterdir())[0]
+    code = main(["score", str(defect), str(good), "--model", str(trained["model"]), "--heatmap", str(tmp_path / "h")])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(str(defect)) and " reject" in lines[0]
+    heat = cv2.imread(str(tmp_path / "h" / f"{defect.stem}_heatmap.png"))
+    assert heat is not None and heat.shape == (64, 64, 3)  # drawn over the original image
+    assert len(list((tmp_path / "h").iterdir())) == 2
+
+
+def test_artifact_round_trip(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A loaded artifact re-saved and re-loaded has the same weights, metadata and outputs."""
+    from inspector.artifact import save_artifact
+
+    art = load_artifact(trained["model"])
+    meta = art.meta.model_dump(exclude={"format", "format_version", "inspector_version", "weights_sha256"})
+    again = save_artifact(tmp_path / "copy", art.module, meta)
+    assert again.meta.weights_sha256 == art.meta.weights_sha256
+    assert again.meta.model_dump(exclude={"name"}) == art.meta.model_dump(exclude={"name"})
+    x = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8)
+    red = {"s": art.reduction()}
+    np.testing.assert_array_equal(run(art.module, x, red, torch.device("cpu")).scores["s"],
+                                  run(again.module, x, red, torch.device("cpu")).scores["s"])
+
+
+def test_broken_artifacts_are_rejected_clearly(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Missing weights, truncated weights, weights that do not fit, and non-model JSON: one clear ArtifactError."""
+    missing = _copy(trained["model"], tmp_path / "missing")
+    (missing / "weights.pt").unlink()
+    with pytest.raises(ArtifactError, match="weights.pt: missing"):
+        load_artifact(missing)
+
+    truncated = _copy(trained["model"], tmp_path / "truncated")
+    data = (truncated / "weights.pt").read_bytes()
+    (truncated / "weights.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_artifact(truncated)
+
+    misfit = _copy(trained["model"], tmp_path / "misfit")
+    meta = json.loads((misfit / "model.json").read_text())
+    meta["hparams"]["base_width"] = 4
+    (misfit / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="do not fit"):
+        load_artifact(misfit)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.json").write_text(json.dumps({"name": "x", "layers": [1, 2]}))
+    with pytest.raises(ArtifactError, match="not an inspector model"):
+        load_artifact(other)
+
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_artifact(tmp_path / "nowhere")
+
+
+def test_dataset_skips_corrupt_resizes_mixed_and_hashes(tmp_path: Path) -> None:
+    """Corrupt files are skipped and counted, mixed sizes resized, channels detected, the hash tracks content."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 50), 100, np.uint8))
+    cv2.imwrite(str(folder / "b.jpg"), np.full((64, 64, 3), 120, np.uint8))  # colour with equal channels
+    (folder / "c.png").write_bytes(b"not a png at all")
+    warnings: list[str] = []
+    data = dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append)
+    assert len(data) == 2 and [p.name for p in data.skipped] == ["c.png"] and "c.png" in warnings[0]
+    assert data.channels == 1 and data.images.shape == (2, 32, 32) and data.images.dtype == np.uint8
+    assert data.resized == 2 and data.sizes == {(50, 40), (64, 64)}
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[..., 2] = 200
+    cv2.imwrite(str(folder / "d.png"), colour)
+    data2 = dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append)
+    assert data2.channels == 3 and data2.images.shape == (3, 32, 32, 3)
+    assert data2.content_hash != data.content_hash
+    assert dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append).content_hash == data2.content_hash
+    assert dataset.load_folder(folder, 32, 32, 1, warn=warnings.append).images.shape == (3, 32, 32)
+
+
+def test_training_folder_prefers_good_subfolder(tmp_path: Path) -> None:
+    """DIR/good is used when present, and the note says so."""
+    assert dataset.training_folder(tmp_path) == (tmp_path, None)
+    (tmp_path / "good").mkdir()
+    folder, note = dataset.training_folder(tmp_path)
+    assert folder == tmp_path / "good" and note and "good/" in note
+
+
+def test_augment_keeps_shape_range_and_is_seeded() -> None:
+    """Augmentation keeps (B, C, H, W) in [0, 1] and is reproducible from the generator's seed."""
+    x = to_tensor(np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8), torch.device("cpu"))
+    a = augment(x, Augment(), torch.Generator().manual_seed(0))
+    b = augment(x, Augment(), torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_progress_prints_about_every_tenth_off_a_terminal() -> None:
+    """Off a terminal the bar writes a line per ~10% of the work, never more."""
+    stream = io.StringIO()
+    with Progress(100, "work", stream=stream) as bar:
+        for _ in range(100):
+            bar.update()
+    lines = stream.getvalue().splitlines()
+    assert 10 <= len(lines) <= 11 and lines[-1].startswith("work [") and "100/100" in lines[-1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_and_score_on_cuda(tmp_path: Path) -> None:
+    """Training and offline scoring run on CUDA, and the CUDA-trained artifact scores alike on the CPU."""
+    _good_images(tmp_path / "data", 12, seed=5)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4, device="cuda")
+    result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
+    assert result.artifact.meta.training["device"].startswith("cuda")
+    images = dataset.load_folder(tmp_path / "data", SIZE, SIZE, 1).images
+    gpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cuda")).scores["score"]
+    cpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cpu")).scores["score"]
+    np.testing.assert_allclose(gpu, cpu, rtol=2e-2, atol=1e-5)  # TF32 convolutions on CUDA
