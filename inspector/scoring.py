@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,13 +27,11 @@ def diff_std(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
 
 
 def smoothed_max(x: torch.Tensor, recon: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
-    """Maximum of the Gaussian-smoothed error map per image: (B,)."""
-    err = error_map(x, recon).unsqueeze(1)  # (B, 1, H, W)
-    kernel = _gaussian_kernel(sigma, err.device, err.dtype)  # (k,)
-    pad = kernel.numel() // 2
-    err = F.conv2d(F.pad(err, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    err = F.conv2d(F.pad(err, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return err.flatten(1).amax(dim=1)
+    """Maximum of the Gaussian-smoothed error map per image (replicated borders): (B,)."""
+    err = error_map(x, recon)  # (B, H, W)
+    rows = _blur_matrix(err.shape[1], sigma, err.device, err.dtype)  # (H, H)
+    cols = _blur_matrix(err.shape[2], sigma, err.device, err.dtype)  # (W, W)
+    return (rows @ err @ cols.T).flatten(1).amax(dim=1)  # separable blur as two banded matmuls
 
 
 def topk_mean(x: torch.Tensor, recon: torch.Tensor, top_percent: float = 1.0) -> torch.Tensor:
@@ -43,11 +41,22 @@ def topk_mean(x: torch.Tensor, recon: torch.Tensor, top_percent: float = 1.0) ->
     return err.topk(k, dim=1).values.mean(dim=1)
 
 
-def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-(t * t) / (2 * sigma * sigma))
-    return (k / k.sum()).to(dtype)
+    return k / k.sum()
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n, n) matrix applying a 1-D Gaussian along one axis, edges replicated (as a banded matrix)."""
+    kernel = _gaussian_kernel(sigma)
+    radius = kernel.numel() // 2
+    index = (torch.arange(n).unsqueeze(1) + torch.arange(-radius, radius + 1)).clamp_(0, n - 1)  # (n, k)
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    matrix.scatter_add_(1, index, kernel.expand(n, -1).contiguous())
+    return matrix.to(device=device, dtype=dtype)
 
 
 REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {

@@ -63,3 +63,24 @@ def test_make_reduction_binds_params_and_rejects_unknowns() -> None:
 
 def test_threshold_is_inclusive() -> None:
     assert is_anomalous(torch.tensor([0.1, 0.2, 0.3]), 0.2).tolist() == [False, True, True]
+
+
+def test_smoothed_max_equals_a_direct_gaussian_convolution() -> None:
+    """The banded-matmul blur is the separable Gaussian convolution with replicated borders."""
+    import torch.nn.functional as F
+
+    def reference(x: torch.Tensor, r: torch.Tensor, sigma: float) -> torch.Tensor:
+        err = (x - r).square().mean(dim=1, keepdim=True)
+        radius = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-(t * t) / (2 * sigma * sigma))
+        k = k / k.sum()
+        err = F.conv2d(F.pad(err, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        err = F.conv2d(F.pad(err, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+        return err.flatten(1).amax(dim=1)
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(4, 1, 64, 64), (2, 3, 32, 48), (1, 1, 16, 16)]:
+        x, r = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+        for sigma in (1.0, 2.0, 4.0):
+            assert torch.allclose(smoothed_max(x, r, sigma), reference(x, r, sigma), atol=1e-6)
