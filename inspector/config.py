@@ -174,6 +174,12 @@ class WorkerConfig(Section):
         1000.0, gt=0, description="A verdict not publishable within this time of capture becomes the fail-safe one."
     )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+    jit: bool = Field(
+        True,
+        description="Trace and freeze the model with TorchScript at start-up: the forward runs without returning "
+        "to Python between layers (faster, less disturbed by the capture threads); falls back to eager on failure "
+        "(TorchScript is deprecated by PyTorch but present in 2.x).",
+    )
     drain_timeout_s: float = Field(5.0, ge=0, description="At shutdown, how long to keep inspecting buffered frames.")
 
     @field_validator("device")

@@ -124,12 +124,17 @@ class Service:
             import torch
 
             torch.set_num_threads(cfg.worker.threads)
+        import cv2
+
+        cv2.setNumThreads(1)  # frames are small: OpenCV's pool would only compete with torch's for the cores
         for path, artifact in artifacts.items():
             reduction, threshold, name = self._scoring_for(artifact)
-            scorer = Scorer(artifact, reduction, threshold, device, dtype, cfg.worker.max_batch)
+            scorer = Scorer(artifact, reduction, threshold, device, dtype, cfg.worker.max_batch, cfg.worker.jit,
+                            self._log)
             t0 = time.perf_counter()
             scorer.warm_up((cfg.worker.max_batch, 1))
             self._log.info("model warmed up", model=artifact.label, device=str(device), dtype=str(dtype),
+                           torchscript=scorer.traced,
                            seconds=round(time.perf_counter() - t0, 3))
             self.metrics.model_info.labels(artifact.meta.name).info(
                 {"version": artifact.label.split("/")[1], "threshold": f"{threshold:.6g}", "reduction": name})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 import time
 from typing import Any, Callable
 
@@ -42,7 +43,7 @@ class Scorer:
     """A model on its device with its reduction and threshold: uint8 batch in, scores out."""
 
     def __init__(self, artifact: Artifact, reduction: Reduction, threshold: float, device: torch.device,
-                 dtype: torch.dtype, max_batch: int) -> None:
+                 dtype: torch.dtype, max_batch: int, jit: bool = False, log: Any = None) -> None:
         spec = artifact.meta.input
         self.height, self.width, self.channels = spec.height, spec.width, spec.channels
         self.scale = spec.scale
@@ -52,11 +53,16 @@ class Scorer:
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model = model
+        self.model = trace(model, self._example(max_batch), log) if jit else model
+        self.traced = self.model is not model
         shape = (max_batch, self.height, self.width) + ((3,) if self.channels == 3 else ())
         pin = device.type == "cuda"
         self.host = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)  # preallocated input staging
         self.host_np: np.ndarray = self.host.numpy()
+
+    def _example(self, n: int) -> torch.Tensor:
+        x = torch.zeros(n, self.channels, self.height, self.width, device=self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
     def scores(self, n: int) -> list[float]:
         """Score the first n images staged in `host_np`."""
@@ -79,6 +85,20 @@ class Scorer:
             self.scores(n)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def trace(model: torch.nn.Module, example: torch.Tensor, log: Any) -> torch.nn.Module:
+    """The model traced and frozen with TorchScript (BatchNorm folded in), or the model itself if that fails."""
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in PyTorch 2.x
+            traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
+            torch.testing.assert_close(traced(example), model(example), rtol=1e-3, atol=1e-3)
+        return traced
+    except Exception as exc:  # an unusual model family: eager still works
+        if log is not None:
+            log.warning("TorchScript tracing failed; running the model eagerly", error=str(exc).splitlines()[0])
+        return model
 
 
 class Worker:

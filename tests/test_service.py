@@ -341,3 +341,30 @@ def test_idle_triggered_camera_is_not_reconnected() -> None:
     cam.join(2)
     assert states == ["up"] and source.opened == 1 and cam.frames == 0
     assert metrics.camera_reconnects.labels("cam1")._value.get() == 0
+
+
+def test_torchscript_and_eager_give_the_same_scores(tmp_path: Path) -> None:
+    """worker.jit traces and freezes the model; its scores equal the eager model's at any batch size."""
+    import torch
+
+    from inspector.artifact import load_artifact
+    from inspector.scoring import make_reduction
+    from inspector.synth import PartRenderer
+    from inspector.worker import Scorer
+
+    model = make_model(tmp_path / "m", size=64, base_width=8)
+    renderer = PartRenderer(width=64, height=64, seed=5, defect_rate=0.5)
+    images = [renderer.render().image for _ in range(6)]
+    results = []
+    for jit in (False, True):
+        scorer = Scorer(load_artifact(model), make_reduction("smoothed_max"), 0.05, torch.device("cpu"),
+                        torch.float32, 6, jit)
+        assert scorer.traced is jit
+        out = []
+        for n in (6, 2, 1):
+            for i in range(n):
+                scorer.host_np[i] = images[i]
+            out.append(scorer.scores(n))
+        results.append(out)
+    for eager, traced in zip(*results, strict=True):
+        np.testing.assert_allclose(traced, eager, rtol=1e-4, atol=1e-7)
