@@ -3,7 +3,7 @@ the fake GigE Vision camera over the network stack inside a network namespace th
 
 No GigE Vision packet (discovery included) leaves a private namespace: in the root namespace only Aravis's Fake
 interface is enabled; GigE Vision runs only inside namespaces that hold nothing but `lo`.
-`.ci/install-aravis.sh` installs what these tests need.
+`.ci/install-system.sh` (Debian packages) and `.ci/install-aravis.sh` (PyGObject) install what these tests need.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def fake_gige_namespace(log_dir: Path, *fake_args: str) -> Iterator[str]:
     if shutil.which("ip") is None:
         pytest.skip("`ip` (iproute2) is not installed")
     if shutil.which(FAKE_GV) is None:
-        pytest.skip(f"{FAKE_GV} is not installed (Debian: aravis-tools; see .ci/install-aravis.sh)")
+        pytest.skip(f"{FAKE_GV} is not installed (Debian: aravis-tools; see .ci/install-system.sh)")
     name = f"inspector-arv-{os.getpid()}-{secrets.token_hex(3)}"
     added = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
     if added.returncode != 0:
