@@ -53,6 +53,7 @@ def _runnable_copy(tmp_path: Path) -> Path:
     assert BINARY in text
     copy = tmp_path / UNIT.name  # verify derives the unit name (and type) from the file name
     copy.write_text(text.replace(BINARY, true), encoding="utf-8")
+    copy.chmod(0o644)  # as installed; never world-writable, whatever the process umask is at this moment
     return copy
 
 
