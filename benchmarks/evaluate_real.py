@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from inspector import calibrate, evaluate
 from inspector.dataset import load_folder
-from inspector.inference import resolve_device, run
+from inspector.device import resolve_device
+from inspector.inference import run
 from inspector.scoring import REDUCTIONS, make_reduction
 from inspector.train import DEFAULT_REDUCTION, TrainSettings, fit, load_split
 

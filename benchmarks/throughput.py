@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from inspector.artifact import load_artifact  # noqa: E402
 from inspector.config import Config  # noqa: E402
+from inspector.device import resolve_device, resolve_dtype  # noqa: E402
 from inspector.logs import configure_logging  # noqa: E402
 from inspector.service import Service  # noqa: E402
-from inspector.worker import resolve_device, resolve_dtype, trace  # noqa: E402
+from inspector.worker import trace  # noqa: E402
 
 
 def bare_forward(model_dir: Path, batch: int, device_name: str, precision: str, seconds: float,

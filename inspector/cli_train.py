@@ -199,7 +199,7 @@ def _parse_hparams(items: list[str]) -> dict[str, Any]:
 
 
 def _device(spec: str) -> Any:
-    from .inference import resolve_device
+    from .device import resolve_device
 
     try:
         return resolve_device(spec)

@@ -17,26 +17,6 @@ from .scoring import Reduction, error_map
 DEFAULT_BATCH = 32
 
 
-def resolve_device(spec: str) -> torch.device:
-    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; ValueError when unusable."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise ValueError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available (torch {torch.__version__})")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
-
-
 def to_tensor(images: np.ndarray, device: torch.device, scale: float = 255.0) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] on `device`."""
     t = torch.from_numpy(np.ascontiguousarray(images)).to(device)

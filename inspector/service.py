@@ -13,6 +13,7 @@ from .buffer import FrameRing
 from .capture import make_source
 from .capture.camera import FINISHED, UP, Camera
 from .config import CameraConfig, Config
+from .device import resolve_device, resolve_dtype
 from .errors import UsageError
 from .logs import get_logger
 from .metrics import Metrics
@@ -20,7 +21,7 @@ from .publish import Publisher
 from .scoring import Reduction, make_reduction
 from .sdnotify import Notifier
 from .types import NOT_INSPECTED, Frame, Verdict
-from .worker import Scorer, Worker, fail_safe_verdict, resolve_device, resolve_dtype
+from .worker import Scorer, Worker, fail_safe_verdict
 
 LIVENESS_S = 30.0  # a worker or publisher silent for this long stops the systemd watchdog pings
 READY_GRACE_S = 10.0  # READY=1 waits this long at most for every camera's first frame

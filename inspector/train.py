@@ -27,7 +27,8 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
-from .inference import resolve_device, run, to_tensor
+from .device import resolve_device
+from .inference import run, to_tensor
 from .model import build_model
 from .progress import Progress
 from .scoring import make_reduction

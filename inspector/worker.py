@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -17,26 +17,6 @@ from .config import WorkerConfig
 from .preprocess import prepare
 from .scoring import Reduction
 from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Frame, Verdict
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; raises ValueError for a CUDA device that is not there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto -> fp16 on CUDA, fp32 on the CPU."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 class Scorer:

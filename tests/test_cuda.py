@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from inspector.artifact import load_artifact
+from inspector.device import resolve_device, resolve_dtype
 from inspector.scoring import make_reduction
 from inspector.synth import PartRenderer
-from inspector.worker import Scorer, resolve_device, resolve_dtype
+from inspector.worker import Scorer
 
 from .conftest import make_model, run_cli, write_config
 
