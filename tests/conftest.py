@@ -74,6 +74,25 @@ def write_config(path: Path, cameras: str, **sections: dict[str, Any]) -> Path:
     return path
 
 
+def camera(cam_id: str, model: Path, source: str, extra: str = "") -> str:
+    """One [[cameras]] table: id, model, extra TOML lines, and `source` as an inline table."""
+    return f'[[cameras]]\nid = "{cam_id}"\nmodel = "{model}"\n{extra}\nsource = {source}\n'
+
+
+def sections(tmp_path: Path, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Config sections for an in-process line: ipc publisher that waits for the test's SUB, metrics on a free
+    port, quiet JSON logs; `overrides` merge into them per section."""
+    base: dict[str, dict[str, Any]] = {
+        "publisher": {"endpoint": f"ipc://{tmp_path}/pub.ipc", "wait_for_subscribers": 1,
+                      "wait_for_subscribers_s": 10.0, "heartbeat_s": 0.2},
+        "metrics": {"port": 0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value}
+    return base
+
+
 def scrape(port: int) -> dict[str, float]:
     """GET /metrics over HTTP and parse the samples into {'name{labels}': value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

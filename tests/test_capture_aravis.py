@@ -29,7 +29,7 @@ from inspector.capture.aravis import PIXEL_FORMATS, AravisCamera, load_aravis, t
 from inspector.config import AravisSource
 from inspector.types import FrameSource
 
-from .conftest import REPO, make_model, write_config
+from .conftest import REPO, camera, make_model, sections, write_config
 
 FAKE_GV = "arv-fake-gv-camera-0.8"
 
@@ -42,22 +42,6 @@ def fake(**settings: Any) -> AravisSource:
 def consecutive(ids: list[int]) -> bool:
     """Frame ids that follow each other, allowing the 16-bit GigE Vision block id to wrap from 65535 to 1."""
     return all(b == a + 1 or (a == 65535 and b == 1) for a, b in zip(ids, ids[1:], strict=False))
-
-
-def camera(cam_id: str, model: Path, source: str, extra: str = "") -> str:
-    return f'[[cameras]]\nid = "{cam_id}"\nmodel = "{model}"\n{extra}\nsource = {source}\n'
-
-
-def sections(tmp_path: Path, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    base: dict[str, dict[str, Any]] = {
-        "publisher": {"endpoint": f"ipc://{tmp_path}/pub.ipc", "wait_for_subscribers": 1,
-                      "wait_for_subscribers_s": 10.0, "heartbeat_s": 0.2},
-        "metrics": {"port": 0},
-        "logging": {"level": "warning", "format": "json"},
-    }
-    for key, value in overrides.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
 
 
 @pytest.fixture

@@ -17,23 +17,7 @@ from inspector.config import CameraConfig, OpenCVSource, ReplaySource, Synthetic
 from inspector.metrics import Metrics
 from inspector.types import FrameSource, Grab
 
-from .conftest import make_model, metric_sum, scrape, write_config, write_images, write_video
-
-
-def camera(cam_id: str, model: Path, source: str, extra: str = "") -> str:
-    return f'[[cameras]]\nid = "{cam_id}"\nmodel = "{model}"\n{extra}\nsource = {source}\n'
-
-
-def sections(tmp_path: Path, **overrides: dict) -> dict:
-    base = {
-        "publisher": {"endpoint": f"ipc://{tmp_path}/pub.ipc", "wait_for_subscribers": 1,
-                      "wait_for_subscribers_s": 10.0, "heartbeat_s": 0.2},
-        "metrics": {"port": 0},
-        "logging": {"level": "warning", "format": "json"},
-    }
-    for key, value in overrides.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
+from .conftest import camera, make_model, metric_sum, scrape, sections, write_config, write_images, write_video
 
 
 def test_every_source_implements_the_protocol(tmp_path: Path) -> None:
