@@ -92,6 +92,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     for cam in config.cameras:
+        if cam.source.type == "opencv" and cam.source.backend != "any":
+            import cv2
+
+            from .capture.opencv import BACKENDS
+
+            if not cv2.videoio_registry.hasBackend(BACKENDS[cam.source.backend]):
+                print(f"warning: camera {cam.id}: this OpenCV build ({cv2.__version__}) has no "
+                      f"{cam.source.backend} back-end; the camera will stay down", file=sys.stderr)
         meta = read_meta(cam.model)
         print(f"camera {cam.id}: {cam.source.type} -> model {meta.name} ({meta.family}, "
               f"{meta.input.width}x{meta.input.height}x{meta.input.channels}, threshold {meta.threshold.value:.6g})")

@@ -352,3 +352,18 @@ def test_torchscript_and_eager_give_the_same_scores(tmp_path: Path) -> None:
         results.append(out)
     for eager, traced in zip(*results, strict=True):
         np.testing.assert_allclose(traced, eager, rtol=1e-4, atol=1e-7)
+
+
+def test_missing_opencv_backend_is_named() -> None:
+    """A back-end this OpenCV build lacks (GStreamer in the pip wheels) gives an error that says so."""
+    import cv2
+    import pytest
+
+    from inspector.capture.opencv import OpenCVCamera
+
+    if cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
+        pytest.skip("this OpenCV build has GStreamer")
+    cam = OpenCVCamera(OpenCVSource(type="opencv", source="videotestsrc ! appsink", backend="gstreamer"))
+    with pytest.raises(OSError, match="has no gstreamer back-end"):
+        cam.open()
+    cam.close()

@@ -7,7 +7,7 @@ import cv2
 from ..config import OpenCVSource
 from ..types import Grab
 
-_BACKENDS = {"any": cv2.CAP_ANY, "ffmpeg": cv2.CAP_FFMPEG, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER}
+BACKENDS = {"any": cv2.CAP_ANY, "ffmpeg": cv2.CAP_FFMPEG, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER}
 
 
 class OpenCVCamera:
@@ -24,12 +24,16 @@ class OpenCVCamera:
 
     def open(self) -> None:
         """Open the device, file or stream; OSError when it cannot be opened."""
+        backend = BACKENDS[self.cfg.backend]
+        if backend != cv2.CAP_ANY and not cv2.videoio_registry.hasBackend(backend):
+            raise OSError(f"this OpenCV build ({cv2.__version__}) has no {self.cfg.backend} back-end; the "
+                          "opencv-python wheels have no GStreamer: build OpenCV with it or use the ffmpeg back-end")
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.cfg.open_timeout_ms,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.cfg.read_timeout_ms]
         source = self.cfg.source
         if isinstance(source, str) and source.isdigit():
             source = int(source)
-        cap = cv2.VideoCapture(source, _BACKENDS[self.cfg.backend], params)
+        cap = cv2.VideoCapture(source, backend, params)
         if not cap.isOpened():
             cap.release()
             raise OSError(f"OpenCV cannot open {self.cfg.source!r} (back-end {self.cfg.backend})")
