@@ -15,7 +15,7 @@ from .capture.camera import FINISHED, UP, Camera
 from .config import CameraConfig, Config
 from .device import resolve_device, resolve_dtype
 from .errors import UsageError
-from .logs import get_logger
+from .logs import BurstLog, get_logger
 from .metrics import Metrics
 from .publish import Publisher
 from .scoring import Reduction, make_reduction
@@ -46,9 +46,8 @@ class Service:
         self.metrics_port: int | None = None
         self._capture_stop = threading.Event()
         self._log = get_logger("service")
-        self._drops: dict[str, tuple[float, int]] = {}
+        self._burst = BurstLog(self._log)
         self._model_of: dict[str, tuple[float, str]] = {}  # camera -> (threshold, model label)
-        self._drop_lock = threading.Lock()
 
     # --- start-up -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,24 +174,11 @@ class Service:
     def _on_drop(self, frame: Frame, reason: str) -> None:
         self.metrics.frames_dropped.labels(frame.camera, reason).inc()
         self._emit([self._not_inspected(frame)])
-        self._log_burst("frames dropped", frame.camera, reason)
-
-    def _log_burst(self, event: str, camera: str, reason: str) -> None:
-        """One log line per event and camera per second during a burst, with the count since the last."""
-        now = time.monotonic()
-        key = f"{event}/{camera}"
-        with self._drop_lock:
-            since, count = self._drops.get(key, (0.0, 0))
-            if now - since >= 1.0:
-                self._log.warning(event, camera=camera, reason=reason, count=count + 1,
-                                  policy=self.config.buffer.policy)
-                self._drops[key] = (now, 0)
-            else:
-                self._drops[key] = (since, count + 1)
+        self._burst("warning", "frames dropped", frame.camera, reason=reason, policy=self.config.buffer.policy)
 
     def _publish_overflow(self, v: Verdict) -> None:
         self.metrics.publish_overflow.labels(v.camera).inc()
-        self._log_burst("publisher queue full: verdict not published", v.camera, v.reason)
+        self._burst("error", "publisher queue full: verdict not published", v.camera, reason=v.reason)
 
     def _not_inspected(self, frame: Frame) -> Verdict:
         threshold, model = self._model_of[frame.camera]

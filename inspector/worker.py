@@ -14,6 +14,7 @@ import torch
 from .artifact import Artifact
 from .buffer import FrameRing, collect
 from .config import WorkerConfig
+from .logs import BurstLog
 from .preprocess import prepare
 from .scoring import Reduction
 from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Frame, Verdict
@@ -98,6 +99,7 @@ class Worker:
         self._emit = emit
         self._metrics = metrics
         self._log = log
+        self._burst = BurstLog(log)
         self._finish = threading.Event()  # stop once the rings are empty
         self._abort = threading.Event()  # stop after the batch in hand
         self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
@@ -149,7 +151,7 @@ class Worker:
                 prepare(frame.image, self._rois[frame.camera], s.height, s.width, s.channels,
                         out=s.host_np[len(staged)])
             except Exception as exc:  # a frame the preprocessing cannot take (ROI outside it, odd format)
-                self._log.error("preprocessing failed", camera=frame.camera, seq=frame.seq, error=str(exc))
+                self._burst("error", "preprocessing failed", frame.camera, seq=frame.seq, error=str(exc))
                 verdicts.append(self._fail(frame, ERROR))
                 continue
             staged.append(frame)
@@ -157,15 +159,16 @@ class Worker:
             return verdicts
         try:
             scores = s.scores(len(staged))
-        except Exception:
-            self._log.exception("inference failed", worker=self.name, batch=len(staged))
+        except Exception as exc:
+            self._burst("error", "inference failed", ",".join(sorted({f.camera for f in staged})),
+                        worker=self.name, batch=len(staged), error=f"{type(exc).__name__}: {exc}")
             return verdicts + [self._fail(f, ERROR) for f in staged]
         self._metrics.inference_seconds.observe(time.perf_counter() - t0)
         self._metrics.batch_size.observe(len(staged))
         thr = s.threshold
         for frame, score in zip(staged, scores, strict=True):
             if not math.isfinite(score):  # e.g. fp16 overflow: not a judgement anyone should act on
-                self._log.error("non-finite score", camera=frame.camera, seq=frame.seq, score=str(score))
+                self._burst("error", "non-finite score", frame.camera, seq=frame.seq, score=str(score))
                 verdicts.append(self._fail(frame, ERROR))
                 continue
             bad = score >= thr

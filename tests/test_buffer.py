@@ -84,3 +84,21 @@ def test_bad_arguments() -> None:
         FrameRing("a", 0, "drop_oldest", threading.Condition())
     with pytest.raises(ValueError):
         FrameRing("a", 2, "random", threading.Condition())
+
+
+def test_burst_log_logs_first_then_once_per_interval_with_counts() -> None:
+    """Frame-rate events (drops, bad ROIs, failing models) cost one log line per camera per interval."""
+    from structlog.testing import capture_logs
+
+    from inspector.logs import BurstLog, get_logger
+
+    with capture_logs() as lines:
+        burst = BurstLog(get_logger("test"), interval_s=0.2)
+        for _ in range(50):
+            burst("warning", "frames dropped", "cam1", reason="buffer_full")
+        burst("warning", "frames dropped", "cam2", reason="buffer_full")
+        first = [(e["event"], e["camera"], e["count"], e["log_level"]) for e in lines]
+        time.sleep(0.25)
+        burst("warning", "frames dropped", "cam1", reason="buffer_full")
+    assert first == [("frames dropped", "cam1", 1, "warning"), ("frames dropped", "cam2", 1, "warning")]
+    assert lines[-1]["count"] == 50 and lines[-1]["reason"] == "buffer_full"  # 49 held back + this one
