@@ -1,4 +1,4 @@
-"""Evaluate the default training recipe on real data sets, with every score reduction.
+"""Evaluate a model family (by default the conv-ae baseline) on real data sets, with every score reduction.
 
 Each data set is a folder laid out as train/good/, test/good/, test/defect/ (as ../shared/data/*/). The
 recipe trains on train/good (time-budgeted), holds out its usual slice of it, and for each reduction sets
@@ -28,8 +28,9 @@ from inspector import calibrate, evaluate
 from inspector.dataset import load_folder
 from inspector.device import resolve_device
 from inspector.inference import run
-from inspector.scoring import REDUCTIONS, make_reduction
-from inspector.train import DEFAULT_REDUCTION, TrainSettings, fit, load_split
+from inspector.model import output_kind
+from inspector.scoring import REDUCTIONS, make_reduction, reduction_output
+from inspector.train import DEFAULT_REDUCTIONS, TrainSettings, fit, load_split
 
 RATE = 0.01
 
@@ -46,7 +47,8 @@ def bench(root: Path, settings: TrainSettings, keep: Path | None) -> dict[str, A
     spec = result.artifact.meta.input
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels)
-    reductions = {name: make_reduction(name) for name in REDUCTIONS}
+    reductions = {name: make_reduction(name) for name in REDUCTIONS
+                  if reduction_output(name) == output_kind(settings.family)}
     val = run(model, split.data.images[split.val_idx], reductions, device).scores
     sg = run(model, good.images, reductions, device).scores
     sd = run(model, defect.images, reductions, device).scores
@@ -62,7 +64,8 @@ def bench(root: Path, settings: TrainSettings, keep: Path | None) -> dict[str, A
             "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg[name], sd[name], RATE)[0],
         }
     return {
-        "dataset": root.name, "size": f"{spec.width}x{spec.height}x{spec.channels}", "train_seconds": train_s,
+        "dataset": root.name, "family": settings.family,
+        "size": f"{spec.width}x{spec.height}x{spec.channels}", "train_seconds": train_s,
         "epochs_run": result.epochs_run, "best_val_loss": result.best_val_loss, "n_train": len(split.train_idx),
         "n_heldout": len(split.val_idx), "n_test_good": len(good), "n_test_defect": len(defect),
         "hparams": result.artifact.meta.hparams, "reductions": rows,
@@ -75,7 +78,7 @@ def table(results: list[dict[str, Any]]) -> str:
              "| ROC miss@1% |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name, m in r["reductions"].items():
-            mark = " (default)" if name == DEFAULT_REDUCTION else ""
+            mark = " (default)" if name == DEFAULT_REDUCTIONS.get(r["family"]) else ""
             lines.append(f"| {r['dataset']} | {r['size']} | {r['train_seconds'] / 60:.1f} min "
                          f"({r['epochs_run']:.0f} ep) | {name}{mark} | {m['auroc']:.3f} | {m['ap']:.3f} | "
                          f"{m['miss_at_1pct_heldout_threshold']:.3f} | {m['test_false_reject_at_that_threshold']:.3f} "
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every data set, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("datasets", nargs="+", type=Path, help="data set folders (train/good, test/good, test/defect)")
+    p.add_argument("--family", default="conv-ae", help="model family (default conv-ae, the baseline)")
     p.add_argument("--size", type=int, default=128, help="input size (default 128)")
     p.add_argument("--channels", default="1", choices=("auto", "1", "3"), help="default 1 (grayscale)")
     p.add_argument("--max-minutes", type=float, default=4.0, help="training time budget per data set")
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     hparams = {k: int(v) for k, v in (h.split("=", 1) for h in args.hparam)}
-    settings = TrainSettings(height=args.size, width=args.size, epochs=args.epochs, max_minutes=args.max_minutes,
+    settings = TrainSettings(family=args.family, height=args.size, width=args.size, epochs=args.epochs,
+                             max_minutes=args.max_minutes,
                              device=args.device, hparams=hparams,
                              channels=args.channels if args.channels == "auto" else int(args.channels))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, recipe {settings.model_dump_json()}",

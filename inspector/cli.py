@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the inspection daemon", description="Run the inspection daemon until "
-                       "SIGTERM or SIGINT (a second SIGINT forces exit).")
+                       "SIGTERM or SIGINT (a second SIGINT forces exit). SIGHUP re-reads the config and swaps models "
+                       "and thresholds without stopping the cameras.")
     p.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
     p.set_defaults(func=cmd_run)
 
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print raw JSON lines")
     p.add_argument("--no-heartbeat", dest="heartbeats", action="store_false", help="hide heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
+                   help="report lost heartbeats after this many silent seconds (default %(default)s)")
+    p.add_argument("--gap-grace", type=float, default=2.0, metavar="S",
+                   help="report a missing seq once it is this many seconds overdue (default %(default)s)")
+    p.add_argument("--save", type=Path, metavar="DIR",
+                   help="save the frames and heatmaps the daemon publishes (publisher.publish_images) under DIR, "
+                   "in the archive's layout and retention")
+    p.add_argument("--max-items", type=int, default=10_000, help="with --save: entries kept (default %(default)s)")
+    p.add_argument("--max-megabytes", type=float, default=2000.0,
+                   help="with --save: megabytes kept (default %(default)s)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("synth", help="write synthetic part images (good/ and defect/)",
@@ -82,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    from .cli_cameras import add_commands as add_camera_commands
+
+    add_camera_commands(sub)
     return parser
 
 
@@ -119,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.format)
     from .service import Service
 
-    service = Service(config)
+    service = Service(config, loader=lambda: load_config(args.config))
     log = get_logger("cli")
     _install_signal_handlers(service)
     try:
@@ -140,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(service: object) -> None:
-    """First SIGTERM/SIGINT: request shutdown. Second SIGINT: skip the drain; third: exit at once."""
+    """First SIGTERM/SIGINT: request shutdown. Second SIGINT: skip the drain; third: exit at once. SIGHUP: reload."""
     from .service import Service
 
     assert isinstance(service, Service)
@@ -157,13 +171,21 @@ def _install_signal_handlers(service: object) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_event.set())
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
     """Print verdicts from a publisher."""
-    from .listen import listen
+    from .listen import listen, open_writer
 
-    listen(args.endpoint, args.topic, args.count, args.timeout, args.json, args.heartbeats)
+    if args.max_items < 1 or args.max_megabytes <= 0:
+        raise UsageError("--max-items and --max-megabytes must be positive")
+    try:
+        save = open_writer(args.save, args.max_items, args.max_megabytes) if args.save else None
+    except OSError as exc:
+        raise UsageError(f"--save {args.save}: {exc.strerror or exc}") from None
+    listen(args.endpoint, args.topic, args.count, args.timeout, args.json, args.heartbeats, save=save,
+           gap_grace_s=args.gap_grace, heartbeat_timeout_s=args.heartbeat_timeout)
     return EXIT_OK
 
 

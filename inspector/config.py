@@ -88,6 +88,8 @@ class GenICamSettings(Section):
     )
     width: int | None = Field(None, ge=1, description="Sensor region width; None keeps the camera's.")
     height: int | None = Field(None, ge=1, description="Sensor region height; None keeps the camera's.")
+    offset_x: int | None = Field(None, ge=0, description="Sensor region left edge (OffsetX); None keeps the camera's.")
+    offset_y: int | None = Field(None, ge=0, description="Sensor region top edge (OffsetY); None keeps the camera's.")
     buffers: int = Field(8, ge=2, le=256, description="Stream buffers queued to the driver.")
     timeout_ms: int = Field(2000, ge=10, description="Longest wait for one frame before the read fails.")
 
@@ -223,6 +225,12 @@ class PublisherConfig(Section):
     wait_for_subscribers_s: float = Field(
         10.0, ge=0, description="Longest wait for those subscriptions; the daemon then starts anyway, with a warning."
     )
+    publish_images: bool = Field(
+        False,
+        description="Also publish the frame and heatmap of each verdict the archive selects (`archive.rejects`, "
+        "`archive.accept_sample`) as `[image.<verdict>.<camera>, payload, frame, heatmap]` on this socket, for "
+        "`inspector listen --save`; works with `archive.enabled` off (nothing written on this host).",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -230,6 +238,32 @@ class PublisherConfig(Section):
         if not re.fullmatch(r"(tcp|ipc|inproc)://.+", value):
             raise ValueError("must start with tcp://, ipc:// or inproc://")
         return value
+
+
+class ArchiveConfig(Section):
+    """The reject archive: frames, heatmaps and verdict messages saved for review and retraining."""
+
+    enabled: bool = Field(False, description="Write the archive on this host (its own thread, off the hot path).")
+    directory: Path = Field(
+        Path("archive"),
+        description="Where it is written, as DIR/<YYYY-MM-DD>/<camera>/ (UTC date); relative to the config file. "
+        "Under systemd: /var/lib/inspector/archive (the state directory).",
+    )
+    rejects: bool = Field(True, description="Save every reject, whatever its reason (fail-safe ones included).")
+    accept_sample: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of accepts saved, per camera, evenly spread (0.01: every 100th accept); 0 saves none.",
+    )
+    max_items: int = Field(10_000, ge=1, description="Most entries kept; the oldest are deleted first.")
+    max_megabytes: float = Field(2000.0, gt=0, description="Most disk space kept, in MB; the oldest go first.")
+    queue: int = Field(
+        64, ge=1, le=100_000,
+        description="Entries waiting to be written, at most; beyond it an entry is dropped and counted in "
+        "inspector_archive_dropped_total (never a frame or a verdict).",
+    )
+    image_format: Literal["png", "jpg"] = Field(
+        "png", description="Encoding of the frame and heatmap: png (lossless) or jpg (smaller)."
+    )
 
 
 class MetricsConfig(Section):
@@ -257,6 +291,7 @@ class Config(Section):
     worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Inference worker settings.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Scoring and fail-safe settings.")
     publisher: PublisherConfig = Field(default_factory=PublisherConfig, description="ZeroMQ publisher settings.")
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="Reject archive settings.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus settings.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging settings.")
 
@@ -297,7 +332,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if isinstance(cam.source, ReplaySource):
             update["source"] = cam.source.model_copy(update={"path": (base / cam.source.path).resolve()})
         cameras.append(cam.model_copy(update=update))
-    return config.model_copy(update={"cameras": cameras})
+    archive = config.archive.model_copy(update={"directory": (base / config.archive.directory).resolve()})
+    return config.model_copy(update={"cameras": cameras, "archive": archive})
 
 
 def _describe(path: Path, text: str, exc: ValidationError) -> str:

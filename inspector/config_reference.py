@@ -9,6 +9,7 @@ from pydantic_core import PydanticUndefined
 
 from .config import (
     AravisSource,
+    ArchiveConfig,
     BufferConfig,
     CameraConfig,
     LoggingConfig,
@@ -33,6 +34,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[worker]", WorkerConfig),
     ("[scoring]", ScoringConfig),
     ("[publisher]", PublisherConfig),
+    ("[archive]", ArchiveConfig),
     ("[metrics]", MetricsConfig),
     ("[logging]", LoggingConfig),
 ]

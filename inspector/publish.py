@@ -1,7 +1,8 @@
 """The ZeroMQ publisher and the wire format of its messages.
 
 Every verdict is one multipart message [topic, payload]: topic `accept.<camera>` or `reject.<camera>`,
-payload UTF-8 JSON (SCHEMA_VERSION). A `heartbeat` message goes out every `heartbeat_s`.
+payload UTF-8 JSON (SCHEMA_VERSION). A `heartbeat` message goes out every `heartbeat_s`. Other threads may hand
+the publisher ready-made messages (`submit_raw`: the archive's `image.<verdict>.<camera>` messages).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
@@ -26,9 +28,9 @@ def verdict_topic(v: Verdict) -> bytes:
     return f"{v.verdict}.{v.camera}".encode()
 
 
-def verdict_payload(v: Verdict, latency_ms: float) -> bytes:
-    """The JSON payload of a verdict message."""
-    return json.dumps({
+def verdict_message(v: Verdict, latency_ms: float) -> dict[str, Any]:
+    """The fields of a verdict message (what its JSON payload holds)."""
+    return {
         "schema": SCHEMA_VERSION,
         "camera": v.camera,
         "seq": v.seq,
@@ -41,7 +43,12 @@ def verdict_payload(v: Verdict, latency_ms: float) -> bytes:
         "latency_ms": round(latency_ms, 3),
         "model": v.model,
         "label": v.label,
-    }, separators=(",", ":")).encode()
+    }
+
+
+def verdict_payload(v: Verdict, latency_ms: float) -> bytes:
+    """The JSON payload of a verdict message."""
+    return json.dumps(verdict_message(v, latency_ms), separators=(",", ":")).encode()
 
 
 def heartbeat_payload(uptime_s: float, last_seq: dict[str, int | None], cameras_up: dict[str, bool]) -> bytes:
@@ -54,16 +61,27 @@ def heartbeat_payload(uptime_s: float, last_seq: dict[str, int | None], cameras_
     }, separators=(",", ":")).encode()
 
 
+MAX_RAW_PENDING = 64  # ready-made messages (images) waiting for the publisher thread, at most
+
+
+@dataclass(slots=True)
+class _Raw:
+    parts: list[bytes]
+
+
 class Publisher:
     """Owns the PUB socket in its own thread; others hand it lists of verdicts through `submit`.
 
     Sending never blocks: ZeroMQ drops messages for a subscriber past its high-water mark. A verdict whose
     publication comes later than deadline_ms after capture is replaced by the fail-safe one (reason deadline).
+    `on_published(verdict, message)` is called on the publisher thread, after sending, for each verdict that carries
+    evidence (the archive's hook; it must be cheap).
     """
 
     def __init__(self, cfg: PublisherConfig, cameras: list[str], deadline_ms: float, fail_safe: str,
                  record: Callable[[Verdict, float], None], cameras_up: Callable[[], dict[str, bool]],
-                 log: Any, started: float, overflow: Callable[[Verdict], None] | None = None) -> None:
+                 log: Any, started: float, overflow: Callable[[Verdict], None] | None = None,
+                 on_published: Callable[[Verdict, dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self._deadline_s = deadline_ms / 1000.0
         self._fail_safe = fail_safe
@@ -71,8 +89,11 @@ class Publisher:
         self._cameras_up = cameras_up
         self._log = log
         self._started = started
-        self._queue: queue.SimpleQueue[list[Verdict] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Verdict] | _Raw | None] = queue.SimpleQueue()
         self._pending = 0  # verdicts queued and not yet sent; bounded by cfg.max_pending
+        self._raw_pending = 0  # ready-made messages queued; bounded by MAX_RAW_PENDING
+        self._closed = False
+        self._on_published = on_published
         self._pending_lock = threading.Lock()
         self._overflow = overflow or (lambda v: None)
         self._last_seq: dict[str, int | None] = {cam: None for cam in cameras}
@@ -130,8 +151,20 @@ class Publisher:
         if verdicts:
             self._queue.put(verdicts)
 
+    def submit_raw(self, parts: list[bytes]) -> bool:
+        """Queue a ready-made multipart message for the publisher thread to send; never blocks. False (not
+        queued) when MAX_RAW_PENDING are waiting or the publisher is closed."""
+        with self._pending_lock:
+            if self._closed or self._raw_pending >= MAX_RAW_PENDING:
+                return False
+            self._raw_pending += 1
+        self._queue.put(_Raw(parts))
+        return True
+
     def close(self, timeout_s: float) -> bool:
         """Publish everything queued, then close the socket (lingering up to linger_ms); False on time-out."""
+        with self._pending_lock:
+            self._closed = True
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout_s)
@@ -160,6 +193,9 @@ class Publisher:
                 assert self._sock is not None
                 self._sock.close()  # closed by the thread that uses it: ZeroMQ sockets are not thread-safe
                 return
+            if isinstance(item, _Raw):
+                self._send_raw(item.parts)
+                continue
             try:
                 self._send(item)
             except Exception:  # never let one bad message stop publication; the log says what happened
@@ -175,16 +211,35 @@ class Publisher:
             latency = now - v.t_capture
             if latency > self._deadline_s and v.reason in (OK, ANOMALY):
                 v.verdict, v.reason, v.score = self._fail_safe, DEADLINE, None
+            message = verdict_message(v, latency * 1000.0)
             try:
-                sock.send_multipart([verdict_topic(v), verdict_payload(v, latency * 1000.0)], flags=zmq.NOBLOCK)
+                sock.send_multipart([verdict_topic(v), json.dumps(message, separators=(",", ":")).encode()],
+                                    flags=zmq.NOBLOCK)
             except zmq.Again:
                 self._log.warning("publish dropped by ZeroMQ", camera=v.camera, seq=v.seq)
+            if v.evidence is not None and self._on_published is not None:
+                try:
+                    self._on_published(v, message)
+                except Exception:  # the hook (the archive) must never stop publication
+                    self._log.exception("on_published failed", camera=v.camera, seq=v.seq)
             last = self._last_seq.get(v.camera)
             if last is None or v.seq > last:  # a drop can be published before older frames in flight
                 self._last_seq[v.camera] = v.seq
             self._record(v, latency)
         if sock.poll(0, zmq.POLLIN):
             self._read_subscriptions()
+
+    def _send_raw(self, parts: list[bytes]) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # past a subscriber's high-water mark: dropped for it, like any message
+        except Exception:
+            self._log.exception("publishing a raw message failed", topic=parts[0][:64].decode(errors="replace"))
+        finally:
+            with self._pending_lock:
+                self._raw_pending -= 1
 
     def _heartbeat(self, now: float) -> None:
         assert self._sock is not None

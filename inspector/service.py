@@ -2,42 +2,51 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
-from .artifact import Artifact, load_artifact
+from .archive import Archive
+from .artifact import Artifact, ArtifactError, load_artifact
 from .buffer import FrameRing
 from .capture import make_source
-from .capture.camera import FINISHED, UP, Camera
-from .config import CameraConfig, Config
+from .capture.camera import DOWN, FINISHED, UP, Camera
+from .config import CameraConfig, Config, ConfigError, ScoringConfig
 from .device import resolve_device, resolve_dtype
 from .errors import UsageError
 from .logs import BurstLog, get_logger
 from .metrics import Metrics
 from .publish import Publisher
+from .reload import HOT_SCORING, plan_reload
 from .scoring import Reduction, make_reduction
 from .sdnotify import Notifier
-from .types import NOT_INSPECTED, Frame, Verdict
+from .types import DEADLINE, ERROR, NOT_INSPECTED, Evidence, Frame, Verdict
 from .worker import Scorer, Worker, fail_safe_verdict
 
 LIVENESS_S = 30.0  # a worker or publisher silent for this long stops the systemd watchdog pings
 READY_GRACE_S = 10.0  # READY=1 waits this long at most for every camera's first frame
+STATUS_S = 5.0  # STATUS= (systemctl status) is refreshed this often
 
 
 class Service:
     """The inspection daemon. `start` acquires, `run` supervises, `shutdown` releases; the CLI drives them."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
-                 notifier: Notifier | None = None, ready_grace_s: float = READY_GRACE_S) -> None:
+                 notifier: Notifier | None = None, ready_grace_s: float = READY_GRACE_S,
+                 loader: Callable[[], Config] | None = None, liveness_s: float = LIVENESS_S) -> None:
         self.config = config
         self.ready_grace_s = ready_grace_s
+        self.liveness_s = liveness_s
+        self._loader = loader  # re-reads the config on reload (SIGHUP); None: reload unsupported
         self.metrics = Metrics(registry)
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()  # set by the signal handler: begin shutdown
         self.force_event = threading.Event()  # set by a second SIGINT: skip the drain
+        self.reload_event = threading.Event()  # set by SIGHUP: re-read the config, swap models and thresholds
         self.started = time.monotonic()
         self.cameras: dict[str, Camera] = {}
         self.rings: dict[str, FrameRing] = {}
@@ -48,6 +57,12 @@ class Service:
         self._log = get_logger("service")
         self._burst = BurstLog(self._log)
         self._model_of: dict[str, tuple[float, str]] = {}  # camera -> (threshold, model label)
+        self._groups: dict[str, list[str]] = {}  # worker name -> its cameras' ids
+        self._calibration: dict[str, dict[str, float] | None] = {}  # model label -> good-score quantiles (metrics)
+        self._device: Any = None
+        self._dtype: Any = None
+        self.archive: Any = None  # the reject archive, when configured
+        self._window = {"verdicts": 0, "rejects": 0}  # counted by the publisher thread for STATUS=
 
     # --- start-up -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -56,10 +71,15 @@ class Service:
         artifacts = self._load_models()
         self.publisher = Publisher(cfg.publisher, [c.id for c in cfg.cameras], cfg.worker.deadline_ms,
                                    cfg.scoring.not_inspected_verdict, self._record, self._cameras_up,
-                                   get_logger("publisher"), self.started, self._publish_overflow)
+                                   get_logger("publisher"), self.started, self._publish_overflow,
+                                   on_published=self._on_published)
+        self.archive = Archive(cfg.archive, self.metrics, get_logger("archive"),
+                               publish=self.publisher.submit_raw if cfg.publisher.publish_images else None,
+                               rois={c.id: c.roi for c in cfg.cameras}, reduction_of=self._reduction_of)
         endpoint = self.publisher.bind()
         self._log.info("publisher bound", endpoint=endpoint)
         self.metrics.track_uptime(self.started)
+        self.metrics.deadline.set(cfg.worker.deadline_ms / 1000)
         if cfg.metrics.enabled:
             try:
                 self.metrics_port = self.metrics.serve(cfg.metrics.address, cfg.metrics.port)
@@ -73,22 +93,25 @@ class Service:
             log = self._log.info if got >= cfg.publisher.wait_for_subscribers else self._log.warning
             log("subscribers before start", wanted=cfg.publisher.wait_for_subscribers, got=got)
         self.publisher.start()
+        self.archive.start()
         for worker in self.workers:
             worker.start()
         for cam in self.cameras.values():
             cam.start()
         silent = self._await_first_frames()
-        status = "inspecting" + (f"; no frame yet from {', '.join(silent)} (retrying)" if silent else "")
-        self.notifier.send(f"READY=1\nSTATUS={status}")
+        status = "inspecting" + (f"; no frame yet from {', '.join(silent)} (down or silent; retrying)"
+                                 if silent else "")
+        self.notifier.send(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
         self._log.info("ready", cameras=len(self.cameras), workers=len(self.workers), silent=silent)
 
     def _await_first_frames(self) -> list[str]:
-        """Wait until every camera delivered a frame (or finished), at most ready_grace_s; the silent ones."""
+        """Wait until every camera delivered a frame, finished or was reported down, at most ready_grace_s (a
+        camera that opens but sends nothing); the cameras without a frame yet."""
         end = time.monotonic() + self.ready_grace_s
         while True:
-            silent = [c for c, cam in self.cameras.items() if cam.frames == 0 and cam.state != FINISHED]
-            if not silent or time.monotonic() >= end or self.stop_event.wait(0.02):
-                return silent
+            waiting = [c for c, cam in self.cameras.items() if cam.frames == 0 and cam.state not in (FINISHED, DOWN)]
+            if not waiting or time.monotonic() >= end or self.stop_event.wait(0.02):
+                return [c for c, cam in self.cameras.items() if cam.frames == 0 and cam.state != FINISHED]
 
     def _load_models(self) -> dict[Path, Artifact]:
         artifacts: dict[Path, Artifact] = {}
@@ -100,8 +123,7 @@ class Service:
                                family=meta.family, threshold=meta.threshold.value, reduction=meta.score.reduction)
         return artifacts
 
-    def _scoring_for(self, artifact: Artifact) -> tuple[Reduction, float, str]:
-        sc = self.config.scoring
+    def _scoring_for(self, artifact: Artifact, sc: ScoringConfig) -> tuple[Reduction, float, str]:
         meta = artifact.meta
         if sc.reduction not in ("model", meta.score.reduction) and sc.threshold is None:
             raise UsageError(
@@ -116,10 +138,10 @@ class Service:
     def _build_workers(self, artifacts: dict[Path, Artifact]) -> None:
         cfg = self.config
         try:
-            device = resolve_device(cfg.worker.device)
+            self._device = resolve_device(cfg.worker.device)
         except ValueError as exc:
             raise UsageError(f"worker.device: {exc}") from None
-        dtype = resolve_dtype(cfg.worker.precision, device)
+        self._dtype = resolve_dtype(cfg.worker.precision, self._device)
         if cfg.worker.threads:
             import torch
 
@@ -128,24 +150,58 @@ class Service:
 
         cv2.setNumThreads(1)  # frames are small: OpenCV's pool would only compete with torch's for the cores
         for path, artifact in artifacts.items():
-            reduction, threshold, name = self._scoring_for(artifact)
-            scorer = Scorer(artifact, reduction, threshold, device, dtype, cfg.worker.max_batch, cfg.worker.jit,
-                            self._log)
-            t0 = time.perf_counter()
-            scorer.warm_up((cfg.worker.max_batch, 1))
-            self._log.info("model warmed up", model=artifact.label, device=str(device), dtype=str(dtype),
-                           torchscript=scorer.traced,
-                           seconds=round(time.perf_counter() - t0, 3))
-            self.metrics.model_info.labels(artifact.meta.name).info(
-                {"version": artifact.label.split("/")[1], "threshold": f"{threshold:.6g}", "reduction": name})
+            scorer = self._make_scorer(artifact)
             cond = threading.Condition()
             cams = [c for c in cfg.cameras if c.model == path]
-            self._model_of.update({c.id: (threshold, artifact.label) for c in cams})
             rings = [self._build_camera(c, cond) for c in cams]
-            worker = Worker(artifact.meta.name, scorer, rings, cond, {c.id: c.roi for c in cams}, cfg.worker,
+            name = artifact.meta.name if artifact.meta.name not in self._groups else f"{artifact.meta.name}-{path}"
+            self._groups[name] = [c.id for c in cams]
+            self._adopt(name, scorer)
+            worker = Worker(name, scorer, rings, cond, {c.id: c.roi for c in cams}, cfg.worker,
                             cfg.scoring.not_inspected_verdict, self._emit, self.metrics,
-                            get_logger("worker").bind(model=artifact.label))
+                            get_logger("worker").bind(model=artifact.label), self._wants)
             self.workers.append(worker)
+
+    def _make_scorer(self, artifact: Artifact, scoring: ScoringConfig | None = None) -> Scorer:
+        """The artifact's model on the worker device with its reduction and threshold, warmed up."""
+        cfg = self.config
+        reduction, threshold, name = self._scoring_for(artifact, scoring or cfg.scoring)
+        scorer = Scorer(artifact, reduction, threshold, self._device, self._dtype, cfg.worker.max_batch,
+                        cfg.worker.jit, self._log)
+        t0 = time.perf_counter()
+        scorer.warm_up((cfg.worker.max_batch, 1))
+        self._log.info("model warmed up", model=artifact.label, device=str(self._device), dtype=str(self._dtype),
+                       torchscript=scorer.traced, threshold=threshold, reduction=name,
+                       seconds=round(time.perf_counter() - t0, 3))
+        scorer.reduction_name = name
+        cal = artifact.meta.calibration  # valid only for the reduction it was computed with
+        self._calibration[scorer.label] = cal.quantiles if cal and name == artifact.meta.score.reduction else None
+        return scorer
+
+    def _adopt(self, worker: str, scorer: Scorer) -> None:
+        """Record what a worker's cameras are now inspected with (fail-safe verdicts, metrics)."""
+        self._model_of.update({c: (scorer.threshold, scorer.label) for c in self._groups[worker]})
+        name, version = scorer.label.split("/", 1)
+        self.metrics.model_loaded(
+            name, {"version": version, "threshold": f"{scorer.threshold:.6g}", "reduction": scorer.reduction_name})
+        for camera in self._groups[worker]:
+            self.metrics.camera_model(camera, scorer.threshold, self._calibration.get(scorer.label))
+
+    def _wants(self, verdict: str, reason: str, camera: str) -> bool:
+        """Whether the archive keeps this verdict (then the worker attaches the frame and its heatmap)."""
+        return self.archive is not None and bool(self.archive.wants(verdict, reason, camera))
+
+    def _on_published(self, v: Verdict, message: dict[str, Any]) -> None:
+        """Hand a published verdict that carries evidence to the archive (on the publisher thread; never blocks)."""
+        if self.archive is not None and v.evidence is not None:
+            self.archive.submit(message, v.evidence)
+
+    def _reduction_of(self, camera: str) -> str:
+        """The score reduction in force on a camera (the archive scales its heatmaps by it)."""
+        for worker in self.workers:
+            if camera in self._groups.get(worker.name, ()):
+                return str(getattr(worker.scorer, "reduction_name", "smoothed_max"))
+        return "smoothed_max"
 
     def _build_camera(self, cam: CameraConfig, cond: threading.Condition) -> FrameRing:
         ring = FrameRing(cam.id, self.config.buffer.capacity, self.config.buffer.policy, cond)
@@ -153,8 +209,11 @@ class Service:
         m = self.metrics
         m.buffer_frames.labels(cam.id).set_function(ring.__len__)
         m.camera_up.labels(cam.id).set(0)
-        for reason in ("buffer_full", "shutdown"):
+        for reason in ("buffer_full", "shutdown", "incomplete"):
             m.frames_dropped.labels(cam.id, reason)
+        for reason in (NOT_INSPECTED, DEADLINE, ERROR):  # fail-safe series exist (at 0) before the first one
+            m.verdicts.labels(cam.id, self.config.scoring.not_inspected_verdict, reason)
+        m.publish_overflow.labels(cam.id)
         log = get_logger("camera").bind(camera=cam.id, source=cam.source.type)
 
         def on_state(old: str, new: str, detail: str) -> None:
@@ -173,7 +232,10 @@ class Service:
 
     def _on_drop(self, frame: Frame, reason: str) -> None:
         self.metrics.frames_dropped.labels(frame.camera, reason).inc()
-        self._emit([self._not_inspected(frame)])
+        v = self._not_inspected(frame)
+        if self._wants(v.verdict, v.reason, v.camera):
+            v.evidence = Evidence(frame.image, None)
+        self._emit([v])
         self._burst("warning", "frames dropped", frame.camera, reason=reason, policy=self.config.buffer.policy)
 
     def _publish_overflow(self, v: Verdict) -> None:
@@ -185,11 +247,15 @@ class Service:
         return fail_safe_verdict(frame, NOT_INSPECTED, self.config.scoring.not_inspected_verdict, threshold, model)
 
     def _record(self, v: Verdict, latency_s: float) -> None:
+        self._window["verdicts"] += 1
+        self._window["rejects"] += v.verdict == "reject"
         m = self.metrics
         m.verdicts.labels(v.camera, v.verdict, v.reason).inc()
         m.latency.labels(v.camera).observe(latency_s)
         if v.score is not None:
             m.anomaly_score.labels(v.camera).observe(v.score)
+            if v.threshold:
+                m.score_ratio.labels(v.camera).observe(v.score / v.threshold)
         if v.label is not None:
             m.known_parts.labels(v.camera, v.label, v.verdict).inc()
 
@@ -198,19 +264,81 @@ class Service:
 
     # --- running --------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Supervise until stop_event: replace stalled cameras, ping the systemd watchdog while all is alive."""
+        """Supervise until stop_event: replace stalled cameras, reload on request, keep STATUS= fresh, and ping
+        the systemd watchdog while every thread proves it is alive."""
         next_ping = 0.0
+        next_status = time.monotonic() + STATUS_S
         while not self.stop_event.wait(0.25):
             now = time.monotonic()
             for cam in self.cameras.values():
                 cam.check_stall(now)
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+                now = time.monotonic()
             if self.notifier.watchdog_s and now >= next_ping and self._alive(now):
                 self.notifier.send("WATCHDOG=1")
                 next_ping = now + self.notifier.watchdog_s
+            if now >= next_status:
+                self.notifier.send(f"STATUS={self.status_line(now - next_status + STATUS_S)}")
+                next_status = now + STATUS_S
+
+    def status_line(self, window_s: float) -> str:
+        """One line for `systemctl status`: rate, rejects and cameras up since the last call."""
+        counts, self._window = self._window, {"verdicts": 0, "rejects": 0}
+        up = sum(self._cameras_up().values())
+        share = f" ({100 * counts['rejects'] / counts['verdicts']:.1f}%)" if counts["verdicts"] else ""
+        models = ", ".join(sorted({label for _, label in self._model_of.values()}))
+        return (f"{counts['verdicts'] / max(window_s, 1e-3):.1f} parts/s, {counts['rejects']} rejected{share} "
+                f"in {window_s:.0f} s; cameras up {up}/{len(self.cameras)}; model {models}")
 
     def _alive(self, now: float) -> bool:
+        """True while the workers and the publisher stamp fresh heartbeats and every capture thread runs."""
         beats = [w.heartbeat for w in self.workers] + ([self.publisher.heartbeat_at] if self.publisher else [])
-        return all(now - beat < LIVENESS_S for beat in beats) and all(w.alive() for w in self.workers)
+        return (all(now - beat < self.liveness_s for beat in beats) and all(w.alive() for w in self.workers)
+                and all(cam.alive() for cam in self.cameras.values()))
+
+    # --- hot reload -----------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config; load and warm up the new models beside the running ones, then swap them in
+        between batches. On any failure nothing changes. True when the new models are in service."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
+        t0 = time.perf_counter()
+        try:
+            if self._loader is None:
+                raise UsageError("this daemon was started without a config file to re-read")
+            new = self._loader()
+            models, waiting = plan_reload(self.config, new, self._groups)
+            loaded: dict[Path, Artifact] = {}
+            scorers: dict[str, Scorer] = {}
+            for name, path in models.items():
+                if path not in loaded:
+                    loaded[path] = load_artifact(path)
+                scorers[name] = self._make_scorer(loaded[path], new.scoring)
+        except (ConfigError, ArtifactError, UsageError, OSError, ValueError, RuntimeError) as exc:
+            self._log.error("reload failed; still running the previous config and models", error=str(exc))
+            self.metrics.reloads.labels("failed").inc()
+            self.notifier.send(f"READY=1\nSTATUS=reload failed: {str(exc).splitlines()[0]}")
+            return False
+        for worker in self.workers:
+            worker.swap(scorers[worker.name])
+        for worker in self.workers:
+            if not worker.swapped.wait(self.liveness_s):
+                self._log.warning("worker did not take the new model yet", worker=worker.name)
+            self._adopt(worker.name, scorers[worker.name])
+        worker_of = {cam: w for w, ids in self._groups.items() for cam in ids}
+        self.config = self.config.model_copy(update={
+            "scoring": self.config.scoring.model_copy(update={k: getattr(new.scoring, k) for k in HOT_SCORING}),
+            "cameras": [c.model_copy(update={"model": models[worker_of[c.id]]}) for c in self.config.cameras]})
+        if waiting:
+            self._log.warning("reload: these changes take effect at the next restart", sections=waiting)
+        self.metrics.reloads.labels("ok").inc()
+        self._log.info("reloaded", models={w: s.label for w, s in scorers.items()},
+                       thresholds={w: s.threshold for w, s in scorers.items()},
+                       seconds=round(time.perf_counter() - t0, 3))
+        self.notifier.send("READY=1\nSTATUS=reloaded")
+        return True
 
     # --- shutdown -------------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -235,5 +363,7 @@ class Service:
             self._log.warning("frames not inspected at shutdown", count=left)
         if self.publisher is not None:
             self.publisher.close(timeout_s=5.0)
+        if self.archive is not None:
+            self.archive.close(timeout_s=5.0)
         self.metrics.stop()
         self._log.info("stopped", frames={c: cam.frames for c, cam in self.cameras.items()})

@@ -29,6 +29,16 @@ class Frame:
     wall_time: float  # time.time() at capture (Unix seconds)
     part_id: int | None = None  # trigger / encoder count where the source gives one
     label: str | None = None  # known label ("good" / "defect") where the source knows it
+    camera_time: int | None = None  # the camera's own timestamp of the frame (its clock ticks), where it gives one
+
+
+@dataclass(slots=True, frozen=True)
+class Evidence:
+    """What a verdict is archived with: the frame as captured and, when it was inspected, its anomaly heatmap."""
+
+    image: np.ndarray  # uint8 (H, W) or (H, W, 3) BGR, the frame as captured (before ROI and resizing)
+    heatmap: np.ndarray | None  # float32 (h, w) anomaly map at the model's input size (inside the ROI); None
+    # when the part was not inspected
 
 
 @dataclass(slots=True)
@@ -46,6 +56,7 @@ class Verdict:
     threshold: float | None
     model: str | None
     label: str | None
+    evidence: Evidence | None = None  # attached only when the archive wants this verdict (see Archive.wants)
 
 
 @dataclass(slots=True)
@@ -55,6 +66,16 @@ class Grab:
     image: np.ndarray
     part_id: int | None = None
     label: str | None = None
+    camera_time: int | None = None  # the camera's timestamp: ns through Aravis, the camera's ticks through pylon
+
+
+class FrameLost(Exception):
+    """A frame the camera sent arrived unusable (incomplete, corrupt): a part that gets the fail-safe verdict."""
+
+    def __init__(self, message: str, part_id: int | None = None, reason: str = "incomplete") -> None:
+        super().__init__(message)
+        self.part_id = part_id  # the part id the frame would have had
+        self.reason = reason  # the drop reason counted in inspector_frames_dropped
 
 
 class SourceClosed(Exception):
@@ -76,7 +97,7 @@ class FrameSource(Protocol):
 
     def read(self) -> Grab:
         """Return the next frame; raises OSError on failure, NoFrame when a healthy triggered camera saw no part
-        within its timeout, SourceClosed at the end of a finite source."""
+        within its timeout, FrameLost when a frame arrived unusable, SourceClosed at the end of a finite source."""
 
     def close(self) -> None:
         """Release the camera; safe to call twice or after a failed open."""

@@ -16,8 +16,10 @@ from .buffer import FrameRing, collect
 from .config import WorkerConfig
 from .logs import BurstLog
 from .preprocess import prepare
-from .scoring import Reduction
-from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Frame, Verdict
+from .scoring import Reduction, error_map
+from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Evidence, Frame, Verdict
+
+Wants = Callable[[str, str, str], bool]  # (verdict, reason, camera) -> keep evidence for the archive?
 
 
 class Scorer:
@@ -31,6 +33,7 @@ class Scorer:
         self.device, self.dtype = device, dtype
         self.reduction, self.threshold = reduction, threshold
         self.label = artifact.label
+        self.reduction_name = ""  # the reduction's name, for logs and metrics
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -40,6 +43,7 @@ class Scorer:
         pin = device.type == "cuda"
         self.host = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)  # preallocated input staging
         self.host_np: np.ndarray = self.host.numpy()
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, output) of the last batch
 
     def _example(self, n: int) -> torch.Tensor:
         x = torch.zeros(n, self.channels, self.height, self.width, device=self.device, dtype=self.dtype)
@@ -57,7 +61,16 @@ class Scorer:
         with torch.inference_mode():
             recon = self.model(x)
             scores = self.reduction(x.float(), recon.float())  # (B,)
+        self._last = (x, recon)
         return scores.tolist()
+
+    def heatmap(self, i: int) -> np.ndarray:
+        """The anomaly map of image i of the last batch scored: float32 (H, W) at the model's input size."""
+        assert self._last is not None, "heatmap() before scores()"
+        x, out = self._last
+        with torch.inference_mode():
+            m = error_map(x[i:i + 1].float(), out[i:i + 1].float())[0]  # (H, W)
+        return m.cpu().numpy().astype(np.float32, copy=False)
 
     def warm_up(self, batches: tuple[int, ...]) -> None:
         """Run the model on blank batches so that the first real frame pays no start-up cost."""
@@ -87,7 +100,7 @@ class Worker:
 
     def __init__(self, name: str, scorer: Scorer, rings: list[FrameRing], cond: threading.Condition,
                  rois: dict[str, tuple[int, int, int, int] | None], cfg: WorkerConfig, fail_safe: str,
-                 emit: Callable[[list[Verdict]], None], metrics: Any, log: Any) -> None:
+                 emit: Callable[[list[Verdict]], None], metrics: Any, log: Any, wants: Wants | None = None) -> None:
         self.name = name
         self.scorer = scorer
         self.rings = rings
@@ -99,6 +112,9 @@ class Worker:
         self._emit = emit
         self._metrics = metrics
         self._log = log
+        self._wants = wants
+        self._next: Scorer | None = None  # a reloaded model waiting to be swapped in between batches
+        self.swapped = threading.Event()
         self._burst = BurstLog(log)
         self._finish = threading.Event()  # stop once the rings are empty
         self._abort = threading.Event()  # stop after the batch in hand
@@ -120,6 +136,13 @@ class Worker:
             return False
         return True
 
+    def swap(self, scorer: Scorer) -> None:
+        """Hand over a new (loaded, warmed-up) scorer; the thread takes it before its next batch."""
+        self.swapped.clear()
+        self._next = scorer
+        with self.cond:
+            self.cond.notify_all()
+
     def alive(self) -> bool:
         """True while the thread runs."""
         return self._thread.is_alive()
@@ -129,6 +152,9 @@ class Worker:
         max_wait = self.cfg.max_wait_ms / 1000.0
         while not self._abort.is_set():
             self.heartbeat = time.monotonic()
+            if self._next is not None:
+                self.scorer, self._next = self._next, None
+                self.swapped.set()
             batch = collect(self.rings, self.cond, self.cfg.max_batch, max_wait, 0.25, turn)
             turn += 1
             if batch:
@@ -166,19 +192,25 @@ class Worker:
         self._metrics.inference_seconds.observe(time.perf_counter() - t0)
         self._metrics.batch_size.observe(len(staged))
         thr = s.threshold
-        for frame, score in zip(staged, scores, strict=True):
+        for i, (frame, score) in enumerate(zip(staged, scores, strict=True)):
             if not math.isfinite(score):  # e.g. fp16 overflow: not a judgement anyone should act on
                 self._burst("error", "non-finite score", frame.camera, seq=frame.seq, score=str(score))
                 verdicts.append(self._fail(frame, ERROR))
                 continue
             bad = score >= thr
+            verdict, reason = (REJECT, ANOMALY) if bad else (ACCEPT, OK)
+            evidence = None
+            if self._wants is not None and self._wants(verdict, reason, frame.camera):
+                evidence = Evidence(frame.image, s.heatmap(i))
             verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
-                                    REJECT if bad else ACCEPT, ANOMALY if bad else OK, score, thr, s.label,
-                                    frame.label))
+                                    verdict, reason, score, thr, s.label, frame.label, evidence))
         return verdicts
 
     def _fail(self, frame: Frame, reason: str) -> Verdict:
-        return fail_safe_verdict(frame, reason, self._fail_safe, self.scorer.threshold, self.scorer.label)
+        v = fail_safe_verdict(frame, reason, self._fail_safe, self.scorer.threshold, self.scorer.label)
+        if self._wants is not None and self._wants(v.verdict, v.reason, v.camera):
+            v.evidence = Evidence(frame.image, None)
+        return v
 
 
 def fail_safe_verdict(frame: Frame, reason: str, verdict: str, threshold: float | None, model: str | None) -> Verdict:

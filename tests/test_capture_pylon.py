@@ -19,7 +19,7 @@ import pytest
 from inspector.capture import make_source
 from inspector.capture.pylon import PylonCamera, use_emulator
 from inspector.config import PylonSource
-from inspector.types import FrameSource, NoFrame
+from inspector.types import FrameLost, FrameSource, NoFrame
 
 from .conftest import make_model, write_config
 
@@ -227,3 +227,23 @@ def test_daemon_inspects_two_emulated_cameras_and_keeps_a_missing_one_down(camem
     assert any(b["cameras"]["a"]["up"] and b["cameras"]["b"]["up"] for b in beats)
     assert all(not b["cameras"]["gone"]["up"] for b in beats)
     assert line.service.metrics.camera_reconnects.labels("gone")._value.get() >= 2
+
+
+def test_a_failed_grab_is_a_lost_frame_with_its_block_id(camemu: None, opened: list[PylonCamera]) -> None:
+    """A grab result that is not GrabSucceeded (forced with the emulator's ForceFailedBuffer) raises FrameLost with
+    the BlockID it carries, so the part gets the fail-safe verdict; the frames after it arrive as usual."""
+    cam = open_camera(opened, width=64, height=48, frame_rate=200)
+    first = cam.read()
+    nodes = cam.camera.GetNodeMap()
+    nodes.GetNode("ForceFailedBufferCount").SetValue(3)
+    nodes.GetNode("ForceFailedBuffer").Execute()
+    outcomes: list[tuple[str, int | None]] = []
+    while len(outcomes) < 8:
+        try:
+            outcomes.append(("frame", cam.read().part_id))
+        except FrameLost as lost:
+            assert lost.reason == "incomplete" and "failed" in str(lost)
+            outcomes.append(("lost", lost.part_id))
+    kinds = [kind for kind, _ in outcomes]
+    assert kinds.count("lost") == 3 and kinds[-1] == "frame", outcomes
+    assert_counts_up([first.part_id] + [part_id for _, part_id in outcomes])

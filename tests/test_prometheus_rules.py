@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+
+from inspector.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "docs" / "prometheus"
@@ -22,42 +25,37 @@ RULES = PROM / "inspector-rules.yml"
 RULES_TEST = PROM / "inspector-rules.test.yml"
 CONFIG = PROM / "prometheus.yml"
 DASHBOARD = ROOT / "docs" / "grafana" / "inspector-dashboard.json"
+MONITORING = ROOT / "docs" / "monitoring.md"
 
-COUNTERS = {
-    "inspector_frames_captured",
-    "inspector_frames_dropped",
-    "inspector_verdicts",
-    "inspector_camera_reconnects",
-    "inspector_known_parts",
-    "inspector_publish_overflow",
-}
-HISTOGRAMS = {
-    "inspector_inference_batch_size",
-    "inspector_inference_seconds",
-    "inspector_latency_seconds",
-    "inspector_anomaly_score",
-}
-GAUGES = {"inspector_buffer_frames", "inspector_camera_up", "inspector_uptime_seconds"}
-INFOS = {"inspector_model"}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
 
-# Every series name the daemon exposes (the contract with dashboards and alerts).
-EXPORTED = (
-    {f"{name}_total" for name in COUNTERS}
-    | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-    | GAUGES
-    | {f"{name}_info" for name in INFOS}
-)
-QUERYABLE = EXPORTED | {"up"}
+
+def exported() -> set[str]:
+    """Every series name the daemon's metrics object registers (the contract with dashboards and alerts)."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name + suffix for family in registry.collect() for suffix in SUFFIXES[family.type]}
+
+
+def families() -> set[str]:
+    """The metric families the daemon registers, without sample suffixes."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name for family in registry.collect()}
+
 
 REQUIRED_ALERTS = {
+    "InspectorDown",
     "CameraDown",
     "NoFramesCaptured",
+    "LatencyNearDeadline",
+    "FramesDropped",
     "FailSafeVerdicts",
-    "HighRejectRate",
-    "LatencyP99High",
-    "InspectorDown",
-    "KnownDefectAccepted",
     "VerdictsNotPublished",
+    "RejectRateAboveUsual",
+    "ScoreDriftTowardsThreshold",
+    "ReloadFailed",
+    "KnownDefectAccepted",
 }
 
 PROMQL_KEYWORDS = {
@@ -100,6 +98,29 @@ def _dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text(encoding="utf-8"))
 
 
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every query in the dashboard: panel targets, the camera variable, annotations."""
+    dashboard = _dashboard()
+    out = [(f"panel {p['title']!r} {t['refId']}", t["expr"])
+           for p in _panels(dashboard["panels"]) for t in p.get("targets", []) if t.get("expr")]
+    out += [(f"annotation {a['name']!r}", a["expr"]) for a in dashboard["annotations"]["list"] if a.get("expr")]
+    return out
+
+
+def fill_variables(expr: str, values: dict[str, str]) -> str:
+    """Substitute Grafana's variables ($name and ${name}) the way Grafana does before sending a query."""
+    for name, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
+    assert "$" not in expr, f"unhandled variable in {expr!r}"
+    return expr
+
+
+def alert_blocks() -> dict[str, str]:
+    """Each alert's block of text in the rules file, by name."""
+    parts = RULES.read_text(encoding="utf-8").split("      - alert: ")[1:]
+    return {part.split("\n", 1)[0].strip(): part for part in parts}
+
+
 def _rule_block(text: str, alert: str) -> tuple[int, int]:
     """Start and end offsets of one alert's `expr` in the rules file."""
     start = text.index(f"- alert: {alert}")
@@ -129,12 +150,29 @@ def test_promtool_accepts_the_example_config_and_its_rule_file() -> None:
     assert "127.0.0.1:9108" in CONFIG.read_text(encoding="utf-8")
 
 
+def test_every_alert_has_for_severity_camera_and_runbook() -> None:
+    """Each alert says how long it must hold, how bad it is, what happened where, and what to do."""
+    blocks = alert_blocks()
+    assert set(blocks) == REQUIRED_ALERTS
+    anchors = set(re.findall(r"^### (\w+)", MONITORING.read_text(encoding="utf-8"), re.M))
+    for name, block in blocks.items():
+        assert re.search(r"^        for: \d+[smh]$", block, re.M), f"{name}: no for:"
+        assert re.search(r"^          severity: (critical|warning)$", block, re.M), f"{name}: no severity"
+        for key in ("summary", "description", "runbook"):
+            assert re.search(rf'^          {key}: ".+"$', block, re.M), f"{name}: no {key}"
+        if "camera" in block.split("annotations:")[0]:
+            assert "{{ $labels.camera }}" in block.split("summary:")[1].split("\n")[0], f"{name}: camera not in summary"
+        assert f"docs/monitoring.md#{name.lower()})" in block, f"{name}: runbook does not point at docs/monitoring.md"
+        assert name in anchors, f"{name} has no section in docs/monitoring.md"
+
+
 @needs_promtool
 def test_rule_unit_tests_pass() -> None:
-    """`promtool test rules`: CameraDown and KnownDefectAccepted (and others) fire when they should."""
+    """`promtool test rules`: every alert is shown both firing and not firing, and all cases pass."""
     text = RULES_TEST.read_text(encoding="utf-8")
-    for alert in ("CameraDown", "KnownDefectAccepted"):
-        assert f"alertname: {alert}\n        exp_alerts:\n          - exp_labels:" in text
+    for alert in REQUIRED_ALERTS:
+        assert f"alertname: {alert}\n        exp_alerts:\n          - exp_labels:" in text, f"{alert} never fires"
+        assert f"alertname: {alert}\n        exp_alerts: []" in text, f"{alert} is never shown quiet"
     result = _promtool("test", "rules", RULES_TEST.name, cwd=PROM)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -170,52 +208,78 @@ def test_metric_name_parser_ignores_functions_labels_and_variables() -> None:
 
 def test_rules_use_only_exported_metrics() -> None:
     """Every inspector_* name in the rules and their unit tests is one the daemon exports."""
+    names = exported()
     for path in (RULES, RULES_TEST):
         used = set(re.findall(r"\binspector_[a-z_]+\b", path.read_text(encoding="utf-8")))
         assert used, path
-        assert used <= EXPORTED, f"{path.name}: {sorted(used - EXPORTED)}"
+        assert used <= names, f"{path.name}: {sorted(used - names)}"
 
 
-def test_exported_names_match_the_metrics_module() -> None:
-    """The names dashboards and alerts rely on are the ones inspector.metrics registers."""
-    prometheus_client = pytest.importorskip("prometheus_client")
-    metrics = pytest.importorskip("inspector.metrics")
-    registry = prometheus_client.CollectorRegistry()
-    metrics.Metrics(registry)
-    suffixes = {
-        "counter": ("_total",),
-        "histogram": ("_bucket", "_sum", "_count"),
-        "gauge": ("",),
-        "info": ("_info",),
-    }
-    names = {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
-    assert names == EXPORTED
+def test_the_new_monitoring_metrics_are_exported() -> None:
+    """The drift, threshold, deadline, model and reload metrics the dashboard and alerts rely on exist."""
+    assert {"inspector_threshold", "inspector_reloads_total", "inspector_model_loaded_timestamp_seconds",
+            "inspector_score_threshold_ratio_bucket", "inspector_calibration_score", "inspector_deadline_seconds",
+            "inspector_model_info"} <= exported()
+
+
+def test_camera_model_publishes_and_removes_calibration_quantiles() -> None:
+    """Metrics.camera_model sets the threshold and the calibration quantiles, and removes quantiles that no
+    longer apply (a reload to a model without calibration, or another reduction)."""
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    m.camera_model("cam1", 0.02, {"0.5": 0.01, "0.99": 0.019, "0.9": 0.015})
+    assert registry.get_sample_value("inspector_threshold", {"camera": "cam1"}) == 0.02
+    assert registry.get_sample_value("inspector_calibration_score", {"camera": "cam1", "level": "0.5"}) == 0.01
+    assert registry.get_sample_value("inspector_calibration_score", {"camera": "cam1", "level": "0.9"}) is None
+    m.camera_model("cam1", 0.03, None)
+    assert registry.get_sample_value("inspector_threshold", {"camera": "cam1"}) == 0.03
+    assert registry.get_sample_value("inspector_calibration_score", {"camera": "cam1", "level": "0.5"}) is None
+    m.model_loaded("demo", {"version": "abc"})
+    assert registry.get_sample_value("inspector_model_info", {"model": "demo", "version": "abc"}) == 1
+    assert registry.get_sample_value("inspector_model_loaded_timestamp_seconds", {"model": "demo"}) > 1.7e9
+    assert registry.get_sample_value("inspector_reloads_total", {"result": "failed"}) == 0
 
 
 # --- Grafana dashboard -----------------------------------------------------------------------
 
 
 def test_dashboard_panels_have_titles_and_query_only_exported_metrics() -> None:
-    """Each panel has a title, each non-row panel a query, and every query selects known metrics."""
-    dashboard = _dashboard()
+    """Each panel has a title, each non-row panel a query, every query selects exported metrics, and every
+    metric family the daemon registers is on the dashboard somewhere."""
+    queryable = exported() | {"up"}
     used: set[str] = set()
-    for panel in _panels(dashboard["panels"]):
+    for panel in _panels(_dashboard()["panels"]):
         assert str(panel.get("title", "")).strip(), f"panel {panel.get('id')} has no title"
-        if panel["type"] == "row":
-            continue
-        exprs = [t["expr"] for t in panel.get("targets", []) if t.get("expr")]
-        assert exprs, f"panel {panel['title']!r} has no PromQL query"
-        for expr in exprs:
-            names = metric_names(expr)
-            assert names, f"{panel['title']!r}: no metric found in {expr!r}"
-            assert names <= QUERYABLE, f"{panel['title']!r}: unknown {sorted(names - QUERYABLE)} in {expr!r}"
-            used |= names
-    # Every metric family is on the dashboard somewhere.
-    families = {re.sub(r"_(total|bucket|sum|count|info)$", "", name) for name in used}
-    assert COUNTERS | HISTOGRAMS | GAUGES | INFOS <= families
+        if panel["type"] != "row":
+            assert any(t.get("expr") for t in panel.get("targets", [])), f"panel {panel['title']!r} has no query"
+    for where, expr in dashboard_queries():
+        names = metric_names(expr)
+        assert names, f"{where}: no metric found in {expr!r}"
+        assert names <= queryable, f"{where}: unknown {sorted(names - queryable)} in {expr!r}"
+        used |= names
+    on_dashboard = {re.sub(r"_(total|bucket|sum|count|info)$", "", name) for name in used}
+    assert families() <= on_dashboard, sorted(families() - on_dashboard)
 
 
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s", "$camera": ".*"}
+def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
+    """Throughput, reject rate, fail-safes, drops, latency p50/p99, batch size and time, score distribution
+    against the threshold and its ratio, cameras up, reconnects, buffer fill, model version and reloads."""
+    exprs = "\n".join(expr for _, expr in dashboard_queries())
+    for needle in ("rate(inspector_frames_captured_total", 'verdict="reject"',
+                   'reason=~"not_inspected|deadline|error"', "inspector_frames_dropped_total",
+                   "histogram_quantile(0.5, sum by (camera, le) (rate(inspector_latency",
+                   "histogram_quantile(0.99, sum by (camera, le) (rate(inspector_latency",
+                   "inspector_inference_batch_size_sum", "inspector_inference_seconds_bucket",
+                   "histogram_quantile(0.5, sum by (camera, le) (rate(inspector_anomaly_score_bucket",
+                   "histogram_quantile(0.99, sum by (camera, le) (rate(inspector_anomaly_score_bucket",
+                   "inspector_threshold{", "inspector_score_threshold_ratio_bucket", "inspector_camera_up",
+                   "inspector_camera_reconnects_total", "inspector_buffer_frames",
+                   "max by (model, version) (inspector_model_info)",
+                   "inspector_model_loaded_timestamp_seconds", "inspector_reloads_total", "inspector_deadline_seconds"):
+        assert needle in exprs, needle
+
+
+GRAFANA_VARIABLES = {"__rate_interval": "1m", "__range": "1h", "__interval": "15s", "camera": ".*"}
 
 
 @needs_promtool
@@ -223,22 +287,15 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Every dashboard query, Grafana variables filled in, parses with Prometheus' own parser
     (checked as recording rules by `promtool check rules`)."""
     lines = ["groups:", "  - name: dashboard", "    rules:"]
-    count = 0
-    for panel in _panels(_dashboard()["panels"]):
-        for target in panel.get("targets", []):
-            expr = target.get("expr")
-            if not expr:
-                continue
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            assert "$" not in expr, f"{panel['title']!r}: unhandled variable in {expr!r}"
-            count += 1
-            lines += [f"      - record: dashboard:query_{count}", f"        expr: {json.dumps(expr)}"]
+    queries = dashboard_queries()
+    for i, (_, expr) in enumerate(queries):
+        filled = fill_variables(expr, GRAFANA_VARIABLES)
+        lines += [f"      - record: dashboard:query_{i}", f"        expr: {json.dumps(filled)}"]
     rules = tmp_path / "dashboard-rules.yml"
     rules.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = _promtool("check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {count} rules found" in result.stdout
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
 
 
 def test_dashboard_uses_the_prometheus_input_and_a_camera_variable() -> None:
@@ -247,11 +304,15 @@ def test_dashboard_uses_the_prometheus_input_and_a_camera_variable() -> None:
     assert 36 <= dashboard["schemaVersion"] <= 41
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
     camera = variables["camera"]
     assert camera["query"]["query"] == "label_values(inspector_frames_captured_total, camera)"
     for panel in _panels(dashboard["panels"]):
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+    for annotation in dashboard["annotations"]["list"]:
+        if annotation.get("expr"):
+            assert annotation["datasource"]["uid"] == "${DS_PROMETHEUS}", annotation["name"]
     ids = [panel["id"] for panel in _panels(dashboard["panels"])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 

@@ -6,12 +6,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from inspector.config import PublisherConfig
 from inspector.logs import get_logger
-from inspector.publish import Publisher, heartbeat_payload, verdict_payload, verdict_topic
-from inspector.types import Verdict
+from inspector.publish import MAX_RAW_PENDING, Publisher, heartbeat_payload, verdict_payload, verdict_topic
+from inspector.types import Evidence, Verdict
 
 from .conftest import make_model, run_cli, write_config
 
@@ -111,3 +112,53 @@ def test_listen_cli_prints_verdicts(tmp_path: Path, line_factory) -> None:
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5
     assert all(ln.split()[0] in ("ACCEPT", "REJECT") and "cam1 seq=" in ln and "score=" in ln for ln in lines)
+
+
+def test_on_published_gets_the_message_of_verdicts_with_evidence(tmp_path: Path) -> None:
+    """The archive hook: called after sending, with the payload as sent (a late one as its deadline reject)."""
+    handed: list = []
+    pub = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/p.ipc", heartbeat_s=0.05, linger_ms=0), ["cam1"],
+                    50.0, "reject", lambda v, lat: None, lambda: {}, get_logger("test"), time.monotonic(),
+                    on_published=lambda v, msg: handed.append((v.seq, msg)))
+    pub.bind()
+    pub.start()
+    image = np.zeros((4, 4), np.uint8)
+    late = verdict(1, t_capture=time.monotonic() - 1.0)
+    late.evidence = Evidence(image, None)
+    fresh = verdict(2)
+    fresh.evidence = Evidence(image, None)
+    pub.submit([verdict(0), late, fresh])
+    end = time.monotonic() + 5
+    while len(handed) < 2 and time.monotonic() < end:
+        time.sleep(0.01)
+    pub.close(2.0)
+    assert [seq for seq, _ in handed] == [1, 2]
+    assert (handed[0][1]["verdict"], handed[0][1]["reason"], handed[0][1]["score"]) == ("reject", "deadline", None)
+    assert handed[1][1] == json.loads(verdict_payload(fresh, handed[1][1]["latency_ms"]))
+
+
+def test_submit_raw_sends_on_the_publisher_thread_and_is_bounded(tmp_path: Path) -> None:
+    """Image messages reach an `image.` subscriber and never a `reject.` one; past MAX_RAW_PENDING, or after
+    close, submit_raw refuses without blocking."""
+    pub, _ = make_publisher(f"ipc://{tmp_path}/p.ipc", sndhwm=1000)
+    ctx = zmq.Context.instance()
+    subs = {}
+    for prefix in ("image.", "reject."):
+        subs[prefix] = ctx.socket(zmq.SUB)
+        subs[prefix].setsockopt_string(zmq.SUBSCRIBE, prefix)
+        subs[prefix].connect(f"ipc://{tmp_path}/p.ipc")
+    assert pub.wait_for_subscribers(2, 5.0, __import__("threading").Event()) == 2
+    taken = [pub.submit_raw([b"image.reject.cam1", b"{}", b"frame%d" % i, b""]) for i in range(MAX_RAW_PENDING + 5)]
+    assert taken == [True] * MAX_RAW_PENDING + [False] * 5  # the thread is not started yet: nothing drains
+    pub.start()
+    got = []
+    while len(got) < MAX_RAW_PENDING and subs["image."].poll(5000):
+        got.append(subs["image."].recv_multipart())
+    assert got[0] == [b"image.reject.cam1", b"{}", b"frame0", b""] and len(got) == MAX_RAW_PENDING
+    assert pub.submit_raw([b"image.reject.cam1", b"{}", b"again", b""])
+    assert subs["image."].poll(5000) and subs["image."].recv_multipart()[2] == b"again"
+    pub.close(2.0)
+    assert not pub.submit_raw([b"image.reject.cam1", b"{}", b"late", b""])
+    assert not subs["reject."].poll(100)
+    for sub in subs.values():
+        sub.close(0)

@@ -145,8 +145,8 @@ def test_camera_down_at_start_then_reconnected_and_reopened(tmp_path: Path, line
                        camera("cam1", model, src, extra="reconnect_min_s = 0.1\nreconnect_max_s = 0.2"),
                        **sections(tmp_path))
     t0 = time.monotonic()
-    line = line_factory(cfg, ready_grace_s=1.0).start()
-    assert 0.9 < time.monotonic() - t0 < 8, "a camera that is down delays READY by the grace period only"
+    line = line_factory(cfg, ready_grace_s=6.0).start()
+    assert time.monotonic() - t0 < 4, "a camera reported down does not hold READY back for the grace period"
     port = line.service.metrics_port
     time.sleep(0.6)
     samples = scrape(port)

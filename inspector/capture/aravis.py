@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import numpy as np
 import structlog
 
 from ..config import AravisSource
-from ..types import Grab, NoFrame
+from ..types import FrameLost, Grab, NoFrame
 
 INSTALL_HINT = (
     "install Aravis and PyGObject: apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev "
@@ -123,12 +124,14 @@ class AravisCamera:
 
     The camera paces itself (free run at `frame_rate`, or one frame per trigger), so `interval_s` is 0.
     `part_id` is the buffer's frame id (the GigE Vision block id, 16 bits on GEV 1.x cameras: it wraps from
-    65535 to 1); a gap in it shows a frame the camera sent that never arrived whole.
+    65535 to 1), `camera_time` the buffer's timestamp (the camera's clock, in ns).
 
     A frame that arrives incomplete (missing packets, size mismatch, ...) is given back to the stream, counted
-    in `incomplete_frames`, logged at most every few seconds, and the read goes on waiting for the next one:
-    one lost frame should not cost a reconnect. Only when no complete frame arrives within `timeout_ms` does
-    `read` raise OSError, and the capture thread reconnects.
+    in `incomplete_frames`, logged at most every few seconds, and `read` raises FrameLost with its frame id:
+    the part gets the fail-safe verdict, and one lost frame does not cost a reconnect. (Aravis may fail a buffer
+    before writing the new frame's id into it; an id already seen is such a stale one, and the lost frame's
+    part_id is then None.) Only when no frame at
+    all arrives within `timeout_ms` does `read` raise OSError, and the capture thread reconnects.
     """
 
     LOG_EVERY_S = 5.0
@@ -139,6 +142,7 @@ class AravisCamera:
         self.name = f"Aravis camera {cfg.device!r}" if cfg.device else "Aravis camera (first found)"
         self.settings: dict[str, Any] = {}  # what the camera reports after open: id, format, size, exposure, ...
         self.incomplete_frames = 0
+        self._recent_ids: deque[int] = deque(maxlen=2 * cfg.buffers + 16)  # frame ids the stream gave lately
         self._aravis: Any = None
         self._gerror: type[Exception] = Exception
         self._camera: Any = None
@@ -163,31 +167,27 @@ class AravisCamera:
         self._log.info("aravis camera opened", **self.settings)
 
     def read(self) -> Grab:
-        """The next complete frame, with its frame id as part_id; OSError when none arrives within timeout_ms
-        (NoFrame instead for a triggered camera that saw no trigger: an idle line, not a failure)."""
+        """The next frame, with its frame id as part_id; FrameLost when it arrived incomplete; OSError when none
+        arrives within timeout_ms (NoFrame instead for a triggered camera that saw no trigger: an idle line)."""
         stream = self._stream
         if stream is None:
             raise OSError(f"{self.name}: not open")
-        success = self._aravis.BufferStatus.SUCCESS
-        deadline = time.monotonic() + self.cfg.timeout_ms / 1000
-        skipped, last = 0, ""
-        while True:
-            left_us = int((deadline - time.monotonic()) * 1_000_000)
-            buffer = stream.timeout_pop_buffer(left_us) if left_us > 0 else None
-            if buffer is None:
-                extra = f"; {skipped} incomplete, the last {last}" if skipped else ""
-                if self.cfg.trigger_source is not None and not skipped:  # an idle triggered line is healthy
-                    raise NoFrame(f"{self.name}: no trigger on {self.cfg.trigger_source} within "
-                                  f"{self.cfg.timeout_ms} ms")
-                raise OSError(f"{self.name}: timeout, no complete frame within {self.cfg.timeout_ms} ms{extra}")
-            try:
-                status = buffer.get_status()
-                if status == success:
-                    return Grab(image=self._image(buffer), part_id=buffer.get_frame_id())
-                skipped, last = skipped + 1, status.value_nick
-                self._incomplete(last, buffer.get_frame_id())
-            finally:
-                stream.push_buffer(buffer)  # the image is already copied out: the driver may refill it
+        buffer = stream.timeout_pop_buffer(self.cfg.timeout_ms * 1000)
+        if buffer is None:
+            if self.cfg.trigger_source is not None:  # an idle triggered line is healthy
+                raise NoFrame(f"{self.name}: no trigger on {self.cfg.trigger_source} within {self.cfg.timeout_ms} ms")
+            raise OSError(f"{self.name}: timeout, no frame within {self.cfg.timeout_ms} ms")
+        try:
+            status, frame_id = buffer.get_status(), buffer.get_frame_id()
+            if status != self._aravis.BufferStatus.SUCCESS:
+                part_id = None if frame_id in self._recent_ids else frame_id  # stale: the id is not this frame's
+                self._recent_ids.append(frame_id)
+                self._incomplete(status.value_nick, part_id)
+                raise FrameLost(f"{self.name}: frame {part_id} arrived {status.value_nick}", part_id)
+            self._recent_ids.append(frame_id)
+            return Grab(image=self._image(buffer), part_id=frame_id, camera_time=buffer.get_timestamp())
+        finally:
+            stream.push_buffer(buffer)  # the image is already copied out: the driver may refill it
 
     def close(self) -> None:
         """Stop acquisition and release the stream and the camera; safe twice and after a failed open."""
@@ -228,6 +228,11 @@ class AravisCamera:
                               f"found: {listing}") from None
         if self._camera is None:
             raise OSError(f"{self.name}: Aravis returned no camera for {device_id!r}")
+        device = self._camera.get_device()
+        if isinstance(device, ar.GvDevice) and not device.is_controller():
+            # Aravis opens it anyway, read-only in effect: refuse before writing a setting under the other program
+            raise OSError(f"{self.name}: {device_id} is controlled by another program (GigE Vision allows one "
+                          "controller at a time: close the viewer or daemon holding it); retrying")
         if self.cfg.device:
             self.name = f"Aravis camera {self.cfg.device!r} ({device_id})"
         else:
@@ -250,9 +255,8 @@ class AravisCamera:
         cam, cfg = self._camera, self.cfg
         if cfg.pixel_format is not None:
             self._set_pixel_format(cfg.pixel_format)
-        if cfg.width is not None or cfg.height is not None:
-            self._call(f"set Width/Height = {cfg.width}x{cfg.height}", cam.set_region, -1, -1,
-                       cfg.width or -1, cfg.height or -1)
+        if (cfg.width, cfg.height, cfg.offset_x, cfg.offset_y) != (None, None, None, None):
+            self._set_region()
         self._call("set AcquisitionMode = Continuous", cam.set_acquisition_mode,
                    self._aravis.AcquisitionMode.CONTINUOUS)
         if cfg.exposure_us is not None:
@@ -285,6 +289,22 @@ class AravisCamera:
             raise OSError(f"{self.name}: pixel_format {name!r} cannot be converted (supported: {_supported()})")
         self._call(f"set PixelFormat = {name}", cam.set_pixel_format_from_string, offered[offered_here.index(name)])
 
+    def _set_region(self) -> None:
+        """Set the sensor region; OSError naming the region and the camera's limits when it does not fit."""
+        cam, cfg = self._camera, self.cfg
+        x, y, width, height = self._call("read the region", cam.get_region)
+        x, y = _given(cfg.offset_x, x), _given(cfg.offset_y, y)
+        width, height = _given(cfg.width, width), _given(cfg.height, height)
+        w_bounds = self._call("read Width bounds", cam.get_width_bounds)
+        h_bounds = self._call("read Height bounds", cam.get_height_bounds)
+        sensor = self._call("read the sensor size", cam.get_sensor_size)
+        if not (w_bounds[0] <= width <= w_bounds[1] and h_bounds[0] <= height <= h_bounds[1]
+                and x + width <= sensor[0] and y + height <= sensor[1]):
+            raise OSError(f"{self.name}: region {width}x{height} at ({x}, {y}) does not fit the camera: sensor "
+                          f"{sensor[0]}x{sensor[1]}, Width {w_bounds[0]}..{w_bounds[1]}, "
+                          f"Height {h_bounds[0]}..{h_bounds[1]}")
+        self._call(f"set region {width}x{height} at ({x}, {y})", cam.set_region, x, y, width, height)
+
     def _set_float(self, key: str, feature: str, value: float, bounds: Callable[[], Any],
                    setter: Callable[..., Any], auto_available: Callable[[], bool] | None = None,
                    set_auto: Callable[..., Any] | None = None) -> None:
@@ -308,18 +328,7 @@ class AravisCamera:
     def _read_back(self) -> None:
         """Record what the camera now reports (for the log line and for tests); unreadable values are left out."""
         cam = self._camera
-        readers: dict[str, Callable[[], Any]] = {
-            "vendor": cam.get_vendor_name, "model": cam.get_model_name, "serial": cam.get_device_serial_number,
-            "pixel_format": cam.get_pixel_format_as_string, "region": lambda: tuple(cam.get_region()),
-            "exposure_us": cam.get_exposure_time, "gain_db": cam.get_gain, "frame_rate": cam.get_frame_rate,
-            "trigger_mode": lambda: cam.get_string("TriggerMode"),
-            "trigger_source": lambda: cam.get_string("TriggerSource"),
-        }
-        for key, read in readers.items():
-            try:
-                self.settings[key] = read()
-            except self._gerror:
-                continue
+        self.settings.update(read_settings(cam, self._gerror))
         pixel_format = self._call("read PixelFormat", cam.get_pixel_format)
         if pixel_format not in PIXEL_FORMATS:
             raise OSError(f"{self.name}: the camera's pixel format {self.settings.get('pixel_format', pixel_format)!r} "
@@ -362,13 +371,63 @@ class AravisCamera:
         return to_image(data, buffer.get_image_width(), buffer.get_image_height(), buffer.get_image_pixel_format(),
                         padding[0])
 
-    def _incomplete(self, status: str, frame_id: int) -> None:
+    def _incomplete(self, status: str, frame_id: int | None) -> None:
         self.incomplete_frames += 1
         now = time.monotonic()
         if now - self._logged_at >= self.LOG_EVERY_S:
-            self._log.warning("incomplete frames skipped", status=status, frame_id=frame_id,
+            self._log.warning("incomplete frames: not inspected", status=status, frame_id=frame_id,
                               count=self.incomplete_frames - self._logged_count, total=self.incomplete_frames)
             self._logged_at, self._logged_count = now, self.incomplete_frames
+
+
+def read_settings(cam: Any, gerror: type[Exception]) -> dict[str, Any]:
+    """What an open Aravis camera reports: identity, pixel format, region, exposure, gain, rate, trigger; values
+    the camera cannot give are left out."""
+    readers: dict[str, Callable[[], Any]] = {
+        "vendor": cam.get_vendor_name, "model": cam.get_model_name, "serial": cam.get_device_serial_number,
+        "pixel_format": cam.get_pixel_format_as_string, "region": lambda: tuple(cam.get_region()),
+        "exposure_us": cam.get_exposure_time, "gain_db": cam.get_gain, "frame_rate": cam.get_frame_rate,
+        "trigger_mode": lambda: cam.get_string("TriggerMode"),
+        "trigger_source": lambda: cam.get_string("TriggerSource"),
+    }
+    settings: dict[str, Any] = {}
+    for key, read in readers.items():
+        try:
+            settings[key] = read()
+        except gerror:
+            continue
+    return settings
+
+
+def list_cameras(interfaces: tuple[str, ...] = DEFAULT_INTERFACES) -> list[dict[str, Any]]:
+    """Every camera Aravis finds on these interfaces: what discovery says and, opened read-only (GigE cameras
+    another program controls included), its current settings; a camera that cannot be opened has `error`."""
+    ar, gerror = load_aravis()
+    cameras = []
+    with _DISCOVERY:
+        for name in INTERFACES:
+            (ar.enable_interface if name in interfaces else ar.disable_interface)(name)
+        ar.update_device_list()
+        for i in range(ar.get_n_devices()):
+            info: dict[str, Any] = {**_device_info(ar, i), "protocol": ar.get_device_protocol(i) or "",
+                                    "vendor": ar.get_device_vendor(i) or "", "model": ar.get_device_model(i) or ""}
+            try:
+                cam = ar.Camera.new(info["id"])
+            except gerror as exc:
+                cameras.append({**info, "error": _message(exc)})
+                continue
+            info.update(read_settings(cam, gerror))
+            device = cam.get_device()
+            if isinstance(device, ar.GvDevice):
+                info["controlled_elsewhere"] = not device.is_controller()
+            cameras.append(info)
+            del cam, device  # released before the next one is opened
+    return cameras
+
+
+def _given(value: int | None, current: int) -> int:
+    """The configured value, or the camera's current one where none is configured."""
+    return current if value is None else value
 
 
 def _message(exc: BaseException) -> str:

@@ -6,9 +6,11 @@ import threading
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from ..buffer import FrameRing
 from ..config import CameraConfig
-from ..types import Frame, FrameSource, NoFrame, SourceClosed
+from ..types import Frame, FrameLost, FrameSource, NoFrame, SourceClosed
 
 UP, DOWN, STALLED, FINISHED, STARTING = "up", "down", "stalled", "finished", "starting"
 
@@ -17,7 +19,8 @@ class Camera:
     """Runs a camera's capture thread; a stalled thread is abandoned and replaced by a fresh one.
 
     `put` into the ring never blocks, so a slow worker never slows the camera; a frame dropped by the ring is
-    handed to `on_drop` so that it gets a verdict.
+    handed to `on_drop` so that it gets a verdict. So is a frame the source reports lost (FrameLost: it arrived
+    incomplete or corrupt): it is numbered like any other and dropped with the source's reason, never inspected.
     """
 
     def __init__(self, cfg: CameraConfig, make_source: Callable[[], FrameSource], ring: FrameRing,
@@ -62,6 +65,10 @@ class Camera:
         self._reconnects.inc()
         self._spawn()
         return True
+
+    def alive(self) -> bool:
+        """True while the capture thread runs (retrying a camera that is down counts), or the source finished."""
+        return self.state == FINISHED or bool(self._threads and self._threads[-1].is_alive())
 
     def join(self, timeout: float) -> bool:
         """Wait for the current capture thread to end; True when it did (abandoned ones are daemons)."""
@@ -120,7 +127,6 @@ class Camera:
     def _stream(self, gen: int, source: FrameSource) -> None:
         interval = source.interval_s
         due = time.monotonic()
-        camera = self.cfg.id
         while self._current(gen):
             if interval:
                 delay = due - time.monotonic()
@@ -132,15 +138,32 @@ class Camera:
             except NoFrame:  # idle line: the driver answered, so this is progress, not a stall
                 self.last_progress = time.monotonic()
                 continue
-            now = time.monotonic()
-            with self._lock:
-                if gen != self._gen:
-                    return  # abandoned as stalled while blocked in read: this frame is not ours to number
-                seq = self._seq
-                self._seq += 1
-            self.last_progress = now
-            frame = Frame(camera, seq, grab.image, now, time.time(), grab.part_id, grab.label)
+            except FrameLost as lost:  # a part the camera saw but that cannot be inspected: fail-safe verdict
+                frame = self._number(gen, _LOST, lost.part_id)
+                if frame is None:
+                    return
+                self._captured.inc()  # every part the camera saw is counted, and gets exactly one verdict
+                self._on_drop(frame, lost.reason)
+                continue
+            frame = self._number(gen, grab.image, grab.part_id, grab.label, grab.camera_time)
+            if frame is None:
+                return  # abandoned as stalled while blocked in read: this frame is not ours to number
             self._captured.inc()
             dropped = self._ring.put(frame)
             if dropped is not None:
                 self._on_drop(dropped, "buffer_full")
+
+    def _number(self, gen: int, image: np.ndarray, part_id: int | None, label: str | None = None,
+                camera_time: int | None = None) -> Frame | None:
+        """The next Frame of this camera (seq, host timestamps), or None when this thread has been abandoned."""
+        now = time.monotonic()
+        with self._lock:
+            if gen != self._gen:
+                return None
+            seq = self._seq
+            self._seq += 1
+        self.last_progress = now
+        return Frame(self.cfg.id, seq, image, now, time.time(), part_id, label, camera_time)
+
+
+_LOST = np.zeros((0, 0), np.uint8)  # the image of a frame that arrived unusable: there is none

@@ -11,8 +11,10 @@ Which camera is opened (the same rule is documented in docs/cameras-pylon.md):
 
 Frames are grabbed one by one (pylon's GrabStrategy_OneByOne): every frame the driver received is delivered in
 order and the daemon's ring buffer is the one place where frames are dropped, counted and given the fail-safe
-verdict. A frame lost before that (driver out of buffers, a GigE packet lost) shows as a gap in part_id, which
-carries the grab result's BlockID (the camera's frame counter).
+verdict. A grab result that is not GrabSucceeded (a GigE packet lost, a buffer the camera reported failed) is
+a lost frame: `read` raises FrameLost with its BlockID, and that part gets the fail-safe verdict too. A frame
+the driver never saw (out of buffers) shows as a gap in part_id, which carries the grab result's BlockID (the
+camera's frame counter).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PylonSource
-from ..types import Grab, NoFrame
+from ..types import FrameLost, Grab, NoFrame
 
 EMULATOR_SERIAL = re.compile(r"0815-\d{4}")  # what pylon's camera emulator calls its devices: 0815-0000, ...
 EMULATOR_CLASS = "BaslerCamEmu"  # device class of the emulation transport layer
@@ -111,8 +113,8 @@ class PylonCamera:
             raise
 
     def read(self) -> Grab:
-        """The next frame as uint8 gray or BGR with part_id = BlockID; OSError on a failed grab or a free-running
-        camera's timeout; NoFrame on a triggered camera's timeout (an idle line)."""
+        """The next frame as uint8 gray or BGR with part_id = BlockID; FrameLost for a failed grab result; OSError
+        when grabbing fails or a free-running camera times out; NoFrame on a triggered camera's timeout (idle)."""
         cam, pylon, genicam = self._cam, self._pylon, self._genicam
         if cam is None:
             raise OSError(f"pylon camera {self.name} is not open")
@@ -127,16 +129,18 @@ class PylonCamera:
                 raise NoFrame(f"no trigger on {self.cfg.trigger_source} within {self.cfg.timeout_ms} ms")
             raise OSError(f"timeout: no frame from pylon camera {self.name} within {self.cfg.timeout_ms} ms")
         try:
-            if not result.GrabSucceeded():
-                raise OSError(f"pylon camera {self.name}: grab failed: {result.GetErrorDescription()} "
-                              f"(error 0x{result.GetErrorCode() & 0xFFFFFFFF:08X})")
-            image = self._to_uint8(pylon, result)
             block_id = int(result.GetBlockID())
+            part_id = None if block_id == _NO_BLOCK_ID else block_id
+            if not result.GrabSucceeded():
+                raise FrameLost(f"pylon camera {self.name}: frame {part_id} failed: {result.GetErrorDescription()} "
+                                f"(error 0x{result.GetErrorCode() & 0xFFFFFFFF:08X})", part_id)
+            image = self._to_uint8(pylon, result)
+            stamp = int(result.GetTimeStamp())
         except genicam.GenericException as exc:
             raise OSError(f"pylon camera {self.name}: cannot convert the frame: {_first_line(exc)}") from exc
         finally:
             result.Release()
-        return Grab(image=image, part_id=None if block_id == _NO_BLOCK_ID else block_id)
+        return Grab(image=image, part_id=part_id, camera_time=stamp)
 
     def close(self) -> None:
         """Stop grabbing and close the camera; safe twice and after a failed open."""
@@ -189,6 +193,10 @@ class PylonCamera:
             self._set_roi(genicam, "Width", "OffsetX", cfg.width)
         if cfg.height is not None:
             self._set_roi(genicam, "Height", "OffsetY", cfg.height)
+        if cfg.offset_x is not None:
+            self._set(genicam, ("OffsetX",), int(cfg.offset_x))
+        if cfg.offset_y is not None:
+            self._set(genicam, ("OffsetY",), int(cfg.offset_y))
         if cfg.exposure_us is not None:
             self._try_set(genicam, "ExposureAuto", "Off")
             self._set(genicam, ("ExposureTime", "ExposureTimeAbs"), float(cfg.exposure_us))
@@ -277,6 +285,62 @@ class PylonCamera:
             return _owned(image.GetArray())
         finally:
             image.Release()
+
+
+# what `inspector cameras` shows: key -> node names, the first the camera has wins (SFNC name, then older one)
+_LISTED = {"pixel_format": ("PixelFormat",), "width": ("Width",), "height": ("Height",),
+           "frame_rate": ("AcquisitionFrameRate", "AcquisitionFrameRateAbs"),
+           "exposure_us": ("ExposureTime", "ExposureTimeAbs"), "gain_db": ("Gain", "GainAbs"),
+           "trigger_mode": ("TriggerMode",), "trigger_source": ("TriggerSource",)}
+
+
+def list_cameras() -> list[dict[str, Any]]:
+    """Every camera pylon finds (emulated ones too while PYLON_CAMEMU is set), with its current settings; one that
+    cannot be opened (another program holds it) has `error`. Enumerating GigE cameras broadcasts discovery."""
+    pylon, genicam = _import_pypylon()
+    factory = pylon.TlFactory.GetInstance()
+    cameras = []
+    for info in factory.EnumerateDevices():
+        entry: dict[str, Any] = {"id": info.GetFullName(), "vendor": info.GetVendorName(),
+                                 "model": info.GetModelName(), "serial": info.GetSerialNumber(),
+                                 "protocol": info.GetDeviceClass(), "address": _address(info)}
+        cam = pylon.InstantCamera(factory.CreateDevice(info))
+        try:
+            cam.Open()
+            nodes = cam.GetNodeMap()
+            for key, names in _LISTED.items():
+                value = _readable(nodes, genicam, names)
+                if value is not None:
+                    entry[key] = value
+        except genicam.GenericException as exc:
+            entry["error"] = _first_line(exc)
+        finally:
+            cam.Close()
+            cam.DestroyDevice()
+        cameras.append(entry)
+    return cameras
+
+
+def _address(info: Any) -> str:
+    """A GigE camera's IP address, else the transport layer's own address for the device (USB port, ...)."""
+    try:
+        if info.IsIpAddressAvailable() and info.GetIpAddress():
+            return str(info.GetIpAddress())
+    except Exception:  # a device class without the property
+        pass
+    return str(info.GetAddress()) if hasattr(info, "GetAddress") else ""
+
+
+def _readable(nodes: Any, genicam: Any, names: tuple[str, ...]) -> Any:
+    """The value of the first of these nodes the camera has and can read, else None."""
+    for name in names:
+        try:
+            node = nodes.GetNode(name)
+            if node is not None and genicam.IsReadable(node):
+                return node.GetValue()
+        except genicam.GenericException:
+            continue
+    return None
 
 
 def _symbolics(node: Any) -> list[str]:

@@ -1,0 +1,182 @@
+"""Detection quality of the default recipe on real data sets: train, calibrate, evaluate, time.
+
+Each data set is a folder laid out as train/good/, test/good/, test/defect/ and optionally ground_truth/
+(as ../shared/data/*/). For each, this runs `inspector train --data DIR/train/good --out TMP` (the default
+recipe, plus any extra options given after `--`), keeps the threshold that training set on its held-out
+slice of train/good (never tuned on test labels), scores test/ and prints per data set: image AUROC, AP,
+miss rate (and test false-reject rate) at the 1% and 5% thresholds of the held-out good images, the ROC miss
+rate at 1% test false rejects, pixel AUROC where ground truth exists, training time and inference frames/s
+(batch 8, TorchScript, channels_last, as the daemon runs it; the daemon's preprocessing excluded).
+
+    python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb [--json out.json] \
+        [--keep DIR] [-- --family conv-ae --max-minutes 2]
+
+Ground truth: masks ground_truth/defect/<name>.png (thresholded at 128), or boxes
+ground_truth/defect_bboxes/<id>.txt (`x1 y1 x2 y2 ...` per line; <id> is the image name without a
+trailing `_test`), rasterised. The images are read where they are; nothing is copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inspector import calibrate, evaluate  # noqa: E402
+from inspector.artifact import Artifact, load_artifact  # noqa: E402
+from inspector.dataset import load_files, load_folder  # noqa: E402
+from inspector.inference import score_artifact  # noqa: E402
+from inspector.worker import trace  # noqa: E402
+
+PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column of the maps (plenty of pixels, 4x faster)
+
+
+def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray | None:
+    """The defect mask of a test image at the model's input size (bool (H, W)), or None without ground truth."""
+    mask_file = root / "ground_truth" / "defect" / f"{image.stem}.png"
+    box_file = root / "ground_truth" / "defect_bboxes" / f"{image.stem.removesuffix('_test')}.txt"
+    if mask_file.is_file():
+        raw = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+        mask = (raw >= 128).astype(np.float32)
+    elif box_file.is_file():
+        h, w = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE).shape
+        mask = np.zeros((h, w), np.float32)
+        for line in box_file.read_text().splitlines():
+            values = line.replace(",", " ").split()
+            if len(values) >= 4:
+                x1, y1, x2, y2 = (int(float(v)) for v in values[:4])
+                mask[y1:y2 + 1, x1:x2 + 1] = 1.0
+    else:
+        return None
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+def frames_per_second(art: Artifact, batch: int = 8, seconds: float = 5.0) -> float:
+    """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript)."""
+    spec = art.meta.input
+    x = torch.rand(batch, spec.channels, spec.height, spec.width).contiguous(memory_format=torch.channels_last)
+    model = trace(art.module.eval().to(memory_format=torch.channels_last), x, None)  # type: ignore[call-overload]
+    reduce = art.reduction()
+    with torch.inference_mode():
+        for _ in range(3):
+            reduce(x, model(x))
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            reduce(x, model(x))
+            n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def bench(root: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    """Train the recipe on root/train/good, evaluate on root/test; one result dict."""
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out", str(out),
+           "--quiet", "--overwrite", *extra]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    train_s = time.monotonic() - t0
+    art = load_artifact(out)
+    spec, device = art.meta.input, torch.device("cpu")
+    good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels)
+    defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels)
+    train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels)
+    held = [p for p in train_good.paths if p.name in _held_out_names(art)]
+    val = load_files(held, spec.height, spec.width, spec.channels)
+    sv = score_artifact(art, val.images, device).scores["score"]
+    sg_all = score_artifact(art, good.images, device, keep_maps=True)
+    sd_all = score_artifact(art, defect.images, device, keep_maps=True)
+    sg, sd = sg_all.scores["score"], sd_all.scores["score"]
+    row: dict[str, Any] = {
+        "dataset": root.name, "family": art.meta.family, "size": f"{spec.width}x{spec.height}x{spec.channels}",
+        "reduction": art.meta.score.reduction, "train_seconds": round(train_s, 1),
+        "stopped_by": art.meta.training.get("stopped_by"), "epochs_run": art.meta.training.get("epochs_run"),
+        "n_heldout": len(sv), "n_test_good": len(sg), "n_test_defect": len(sd),
+        "auroc": evaluate.auroc(sg, sd), "ap": evaluate.average_precision(sg, sd),
+        "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
+    }
+    for rate in (0.01, 0.05):
+        thr = art.meta.threshold.value if rate == 0.01 else calibrate.good_quantile(sv, rate).value
+        c = evaluate.confusion(sg, sd, thr)
+        row[f"miss_at_{rate:.0%}"] = c.miss_rate
+        row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate
+    row["pixel_auroc"] = pixel_auroc(root, defect.paths, sg_all.errors, sd_all.errors, spec.height, spec.width)
+    row["frames_per_s"] = round(frames_per_second(art), 1)
+    return row
+
+
+def _held_out_names(art: Artifact) -> set[str]:
+    names = art.meta.data.get("held_out_files")
+    if not names:
+        raise SystemExit(f"{art.path}: model.json lists no held-out files (data.held_out_files)")
+    return set(names)
+
+
+def pixel_auroc(root: Path, defect_paths: list[Path], good_maps: np.ndarray | None, defect_maps: np.ndarray | None,
+                height: int, width: int) -> float | None:
+    """AUROC of map pixels: defect pixels of the ground truth against every other pixel of the test images."""
+    if good_maps is None or defect_maps is None:
+        return None
+    masks = [ground_truth(root, p, height, width) for p in defect_paths]
+    if any(m is None for m in masks):
+        return None
+    s = PIXEL_STRIDE
+    labels = np.stack([m for m in masks if m is not None])[:, ::s, ::s]
+    negatives = np.concatenate([good_maps[:, ::s, ::s].ravel(), defect_maps[:, ::s, ::s][~labels]])
+    positives = defect_maps[:, ::s, ::s][labels]
+    return evaluate.auroc(negatives, positives) if positives.size else None
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The results as a markdown table, one row per data set."""
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+    lines = ["| data set | family | size | AUROC | AP | miss@1% | FR@1% | miss@5% | FR@5% | ROC miss@1% | pixel AUROC "
+             "| train time | frames/s |", "|" + "---|" * 13]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['family']} | {r['size']} | {f(r['auroc'])} | {f(r['ap'])} | "
+                     f"{f(r['miss_at_1%'])} | {f(r['test_false_reject_at_1%'])} | {f(r['miss_at_5%'])} | "
+                     f"{f(r['test_false_reject_at_5%'])} | {f(r['roc_miss_at_1pct'])} | {f(r['pixel_auroc'])} | "
+                     f"{r['train_seconds'] / 60:.1f} min | {r['frames_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run every data set, print the table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("datasets", nargs="+", type=Path, help="data set folders (train/good, test/good, test/defect)")
+    p.add_argument("--keep", type=Path, help="keep the trained models under this folder")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    for root in args.datasets:
+        for sub in ("train/good", "test/good", "test/defect"):
+            if not (root / sub).is_dir():
+                p.error(f"{root}: no {sub}/ folder")
+        out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
+        rows.append(bench(root, out, extra))
+        print(table(rows[-1:]), file=sys.stderr, flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
+    print(table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The draem family: synthetic defects, the anomaly-map model, its reductions, training and artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from inspector import evaluate
+from inspector.artifact import ArtifactError, load_artifact
+from inspector.defects import FILLS, MIN_CHANGE, defect_batch, fill, make_defect, noise_blobs, spots, strokes
+from inspector.inference import score_artifact
+from inspector.model import ANOMALY_MAP, RECONSTRUCTION, build_model, output_kind
+from inspector.repair import crop_size, focal_loss, random_crops
+from inspector.scoring import heat_map, make_reduction, map_max, map_topk, reduction_output
+from inspector.synth import PartRenderer
+from inspector.train import TrainSettings, check_settings, fit, load_split
+
+SIZE = 64
+HP = {"recon_width": 8, "seg_width": 8, "recon_depth": 2, "seg_depth": 2}
+
+
+def _texture(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A smooth random grey texture, float32 (1, H, W) in [0.2, 0.8]."""
+    noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 3.0)
+    noise = (noise - noise.min()) / max(float(np.ptp(noise)), 1e-6)
+    return (0.2 + 0.6 * noise)[None]
+
+
+@pytest.mark.parametrize("shape", [noise_blobs, spots, strokes])
+def test_defect_shapes_are_small_non_empty_masks(shape: object) -> None:
+    """Every shape generator draws a non-empty 0/1 mask covering a minority of the image."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = shape(rng, 64, 96)  # type: ignore[operator]
+        assert mask.shape == (64, 96) and set(np.unique(mask)) <= {0.0, 1.0}
+        assert 0 < mask.sum() < 0.5 * mask.size
+
+
+@pytest.mark.parametrize("kind", FILLS)
+def test_each_fill_keeps_shape_and_range(kind: str) -> None:
+    """Each fill gives an image of the same shape in [0, 1]."""
+    rng = np.random.default_rng(1)
+    image, other = _texture(rng), _texture(rng)
+    out = fill(rng, image, other, kind)
+    assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_target_marks_exactly_the_visibly_changed_pixels() -> None:
+    """Outside the target the defect changed no pixel by MIN_CHANGE or more; inside, every pixel changed that much."""
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        image = _texture(rng)
+        out, target = make_defect(rng, image, _texture(rng))
+        change = np.abs(out - image).max(axis=0)
+        assert np.all(change[target > 0] >= MIN_CHANGE) and np.all(change[target == 0] < MIN_CHANGE)
+
+
+def test_defect_batch_paints_about_the_requested_share_in_colour_too() -> None:
+    """defect_batch leaves the unpainted images untouched and paints colour images on all channels alike."""
+    rng = np.random.default_rng(3)
+    batch = np.stack([np.repeat(_texture(rng), 3, axis=0) for _ in range(40)])  # (40, 3, 64, 64)
+    painted, masks = defect_batch(rng, batch, rate=0.5)
+    changed = np.abs(painted - batch).reshape(40, -1).max(axis=1) > 0
+    assert 8 <= changed.sum() <= 32
+    assert np.all(masks[~changed] == 0) and np.all(painted[~changed] == batch[~changed])
+
+
+def test_draem_outputs_a_full_resolution_map_in_unit_range() -> None:
+    """draem maps (B, C, H, W) to (B, 1, H, W) in [0, 1]; its reconstruction has the input's shape."""
+    for channels in (1, 3):
+        net = build_model("draem", channels, 32, 48, **HP).eval()
+        x = torch.rand(2, channels, 32, 48)
+        with torch.no_grad():
+            out = net(x)
+            recon, logits = net.repair(x)  # type: ignore[operator]
+        assert out.shape == (2, 1, 32, 48) and float(out.min()) >= 0 and float(out.max()) <= 1
+        assert recon.shape == x.shape and logits.shape == (2, 1, 32, 48)
+    assert output_kind("draem") == ANOMALY_MAP and output_kind("conv-ae") == RECONSTRUCTION
+
+
+def test_draem_rejects_sizes_it_cannot_fold() -> None:
+    """A size that is not a multiple of fold * 2**depth is refused with the multiple named."""
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_model("draem", 1, 40, 64, fold=2, recon_depth=3, seg_depth=3)
+
+
+def test_map_reductions_read_the_map_and_ignore_the_input() -> None:
+    """map_max and map_topk reduce the model output; the input does not matter."""
+    out = torch.zeros(2, 1, 16, 16)
+    out[0, 0, 3, 4] = 0.9
+    out[1] = 0.2
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.allclose(map_max(x, out), torch.tensor([0.9, 0.2]))
+    assert torch.allclose(map_max(torch.zeros_like(x), out), map_max(x, out))
+    assert float(map_max(x, out, sigma=1.0)[0]) < 0.9  # smoothing spreads a single hot pixel
+    assert torch.allclose(map_topk(x, out, top_percent=100.0), out.flatten(1).mean(1))
+    assert torch.equal(heat_map(x, out, ANOMALY_MAP), out[:, 0])
+    assert reduction_output("map_max") == ANOMALY_MAP and reduction_output("topk_mean") == RECONSTRUCTION
+    make_reduction("map_topk", {"top_percent": 1.0})
+
+
+def test_crops_and_focal_loss() -> None:
+    """Crops are half the input (a multiple of the model step); the focal loss is lower for right answers."""
+    assert crop_size(256, 256, 16) == (128, 128) and crop_size(64, 96, 16) == (64, 64)
+    x = torch.rand(3, 1, 64, 96)
+    crops = random_crops(x, (32, 48), np.random.default_rng(0))
+    assert crops.shape == (3, 1, 32, 48)
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 0, 0] = 1
+    right, wrong = (target * 2 - 1) * 5, (1 - target * 2) * 5
+    assert focal_loss(right, target) < focal_loss(wrong, target)
+
+
+def test_a_map_reduction_does_not_fit_an_autoencoder() -> None:
+    """Training settings that pair a family with a reduction for the other output kind are refused."""
+    with pytest.raises(ValueError, match="reads a reconstruction"):
+        check_settings(TrainSettings(height=SIZE, width=SIZE, family="draem", hparams=HP, reduction="topk_mean"))
+    with pytest.raises(ValueError, match="reads a anomaly map"):
+        check_settings(TrainSettings(height=SIZE, width=SIZE, family="conv-ae", reduction="map_max"))
+
+
+def _parts(folder: Path, count: int, seed: int, defect_rate: float) -> np.ndarray:
+    folder.mkdir(parents=True, exist_ok=True)
+    renderer = PartRenderer(width=SIZE, height=SIZE, channels=1, seed=seed, defect_rate=defect_rate)
+    images = []
+    for i in range(count):
+        part = renderer.render_part("hole" if defect_rate else None) if defect_rate else renderer.render_part(None)
+        cv2.imwrite(str(folder / f"p{i:03d}.png"), part.image)
+        images.append(part.image)
+    return np.stack(images)
+
+
+@pytest.fixture(scope="module")
+def draem_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small draem trained for a few seconds on generated good parts (the default family and reduction)."""
+    root = tmp_path_factory.mktemp("draem")
+    _parts(root / "data" / "good", 40, seed=0, defect_rate=0.0)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=12, batch_size=8, device="cpu",
+                             lr=3e-3, val_fraction=0.25, max_minutes=None)
+    fit(load_split(root / "data", settings), settings, root / "model")
+    return root / "model"
+
+
+def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path, tmp_path: Path) -> None:
+    """Trained on good parts only, the default family scores generated defective parts above good ones."""
+    art = load_artifact(draem_model)
+    assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
+    good = _parts(tmp_path / "good", 16, seed=1, defect_rate=0.0)
+    bad = _parts(tmp_path / "bad", 16, seed=2, defect_rate=1.0)
+    sg = score_artifact(art, good, torch.device("cpu")).scores["score"]
+    sd = score_artifact(art, bad, torch.device("cpu")).scores["score"]
+    assert evaluate.auroc(sg, sd) >= 0.9, (sg, sd)
+
+
+def test_draem_heatmaps_are_the_map_and_the_repair_is_shown(draem_model: Path) -> None:
+    """keep_maps returns the anomaly map as the heatmap and the model's repair as the reconstruction."""
+    art = load_artifact(draem_model)
+    images = np.full((2, SIZE, SIZE), 128, np.uint8)
+    scored = score_artifact(art, images, torch.device("cpu"), keep_maps=True)
+    assert scored.errors is not None and scored.recon is not None
+    assert scored.errors.shape == (2, SIZE, SIZE) and scored.recon.shape == (2, SIZE, SIZE)
+    assert np.allclose(scored.errors.max(axis=(1, 2)), scored.scores["score"], atol=1e-5)
+
+
+def test_artifact_output_must_fit_family_and_reduction(draem_model: Path, tmp_path: Path) -> None:
+    """model.json says the output kind; a reconstruction reduction on a draem model is refused on load."""
+    model = Path(shutil.copytree(draem_model, tmp_path / "m"))
+    meta = json.loads((model / "model.json").read_text())
+    meta["score"]["reduction"] = "topk_mean"
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="do not fit"):
+        load_artifact(model)
