@@ -43,6 +43,7 @@ def verdict_message(v: Verdict, latency_ms: float) -> dict[str, Any]:
         "latency_ms": round(latency_ms, 3),
         "model": v.model,
         "label": v.label,
+        "camera_time": v.camera_time,
     }
 
 

@@ -233,7 +233,7 @@ class Service:
     def _on_drop(self, frame: Frame, reason: str) -> None:
         self.metrics.frames_dropped.labels(frame.camera, reason).inc()
         v = self._not_inspected(frame)
-        if self._wants(v.verdict, v.reason, v.camera):
+        if frame.image.size and self._wants(v.verdict, v.reason, v.camera):  # a lost frame has no image
             v.evidence = Evidence(frame.image, None)
         self._emit([v])
         self._burst("warning", "frames dropped", frame.camera, reason=reason, policy=self.config.buffer.policy)

@@ -57,6 +57,7 @@ class Verdict:
     model: str | None
     label: str | None
     evidence: Evidence | None = None  # attached only when the archive wants this verdict (see Archive.wants)
+    camera_time: int | None = None  # the camera's own timestamp of the frame, where it gives one
 
 
 @dataclass(slots=True)

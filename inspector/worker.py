@@ -203,7 +203,7 @@ class Worker:
             if self._wants is not None and self._wants(verdict, reason, frame.camera):
                 evidence = Evidence(frame.image, s.heatmap(i))
             verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
-                                    verdict, reason, score, thr, s.label, frame.label, evidence))
+                                    verdict, reason, score, thr, s.label, frame.label, evidence, frame.camera_time))
         return verdicts
 
     def _fail(self, frame: Frame, reason: str) -> Verdict:
@@ -216,4 +216,4 @@ class Worker:
 def fail_safe_verdict(frame: Frame, reason: str, verdict: str, threshold: float | None, model: str | None) -> Verdict:
     """The verdict of a part that was not inspected: `verdict` (reject unless fail-open), no score."""
     return Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time, verdict, reason, None,
-                   threshold, model, frame.label)
+                   threshold, model, frame.label, camera_time=frame.camera_time)

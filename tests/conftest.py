@@ -95,7 +95,11 @@ def sections(tmp_path: Path, **overrides: dict[str, Any]) -> dict[str, dict[str,
 
 def scrape(port: int) -> dict[str, float]:
     """GET /metrics over HTTP and parse the samples into {'name{labels}': value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition into {'name{labels}': value}."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

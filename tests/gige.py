@@ -23,7 +23,7 @@ import zmq
 
 from inspector.capture.aravis import load_aravis
 
-from .conftest import REPO
+from .conftest import REPO, parse_metrics
 
 FAKE_GV = "arv-fake-gv-camera-0.8"
 METRICS_PORT = 9108  # free in any fresh namespace
@@ -115,12 +115,7 @@ class GigENamespace:
                ".read().decode())"
         text = subprocess.run(ns(self.name, sys.executable, "-c", code), capture_output=True, text=True,
                               timeout=20, check=True).stdout
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return parse_metrics(text)
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 5) -> int:

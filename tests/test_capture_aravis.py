@@ -174,7 +174,7 @@ def test_a_setting_the_camera_refuses_is_an_oserror_naming_it(aravis: Any, setti
 
 def test_daemon_with_an_aravis_fake_camera(aravis: Any, tmp_path: Path, line_factory: Any) -> None:
     """The whole daemon in-process on an `aravis` camera: verdicts over ZeroMQ with seq 0..N-1, each carrying the
-    camera's frame id as part_id."""
+    camera's frame id as part_id and its timestamp as camera_time (rising)."""
     model = make_model(tmp_path / "m", size=32)
     src = ('{ type = "aravis", interfaces = ["Fake"], pixel_format = "Mono8", width = 64, height = 64, '
            'frame_rate = 100 }')
@@ -186,6 +186,8 @@ def test_daemon_with_an_aravis_fake_camera(aravis: Any, tmp_path: Path, line_fac
     assert len(verdicts) >= 30
     assert [v["seq"] for v in verdicts] == list(range(len(verdicts)))
     assert consecutive([v["part_id"] for v in verdicts])
+    stamps = [v["camera_time"] for v in verdicts]
+    assert all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps) and stamps[-1] > stamps[0]
     assert all(v["camera"] == "cam1" and v["reason"] in ("ok", "anomaly", "not_inspected") for v in verdicts)
 
 

@@ -28,7 +28,7 @@ def test_wire_format_fields() -> None:
     payload = json.loads(verdict_payload(v, 12.3456))
     assert payload == {"schema": 1, "camera": "cam1", "seq": 7, "part_id": 107, "captured_at": 1.8e9,
                        "verdict": "accept", "reason": "ok", "score": 0.01, "threshold": 0.02, "latency_ms": 12.346,
-                       "model": "demo/abc", "label": "good"}
+                       "model": "demo/abc", "label": "good", "camera_time": None}
     beat = json.loads(heartbeat_payload(3.5, {"cam1": 7, "cam2": None}, {"cam1": True}))
     assert beat["uptime_s"] == 3.5 and beat["schema"] == 1
     assert beat["cameras"] == {"cam1": {"last_seq": 7, "up": True}, "cam2": {"last_seq": None, "up": False}}
