@@ -38,6 +38,7 @@ from inspector import calibrate, evaluate  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
 from inspector.dataset import load_files, load_folder  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
+from inspector.scoring import Reduction  # noqa: E402
 from inspector.worker import trace  # noqa: E402
 
 PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column of the maps (plenty of pixels, 4x faster)
@@ -63,12 +64,11 @@ def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA) >= 0.5
 
 
-def frames_per_second(art: Artifact, batch: int = 8, seconds: float = 5.0) -> float:
+def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int, height: int, width: int,
+                      batch: int = 8, seconds: float = 5.0) -> float:
     """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript)."""
-    spec = art.meta.input
-    x = torch.rand(batch, spec.channels, spec.height, spec.width).contiguous(memory_format=torch.channels_last)
-    model = trace(art.module.eval().to(memory_format=torch.channels_last), x, None)  # type: ignore[call-overload]
-    reduce = art.reduction()
+    x = torch.rand(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+    model = trace(module.eval().to(memory_format=torch.channels_last), x, None)  # type: ignore[call-overload]
     with torch.inference_mode():
         for _ in range(3):
             reduce(x, model(x))
@@ -111,7 +111,8 @@ def bench(root: Path, out: Path, extra: list[str]) -> dict[str, Any]:
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
         row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate
     row["pixel_auroc"] = pixel_auroc(root, defect.paths, sg_all.errors, sd_all.errors, spec.height, spec.width)
-    row["frames_per_s"] = round(frames_per_second(art), 1)
+    row["frames_per_s"] = round(frames_per_second(art.module, art.reduction(), spec.channels, spec.height,
+                                                  spec.width), 1)
     return row
 
 

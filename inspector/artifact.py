@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from . import __version__
-from .model import build_model
-from .scoring import Reduction, make_reduction
+from .model import build_model, output_kind
+from .scoring import Reduction, make_reduction, reduction_output
 
 META_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -74,6 +74,10 @@ class ModelMeta(_Strict):
     created_at: str = Field(description="When the weights were written (ISO 8601, UTC).")
     inspector_version: str = Field(description="inspector version that wrote the artifact.")
     family: str = Field(description="Model family (see inspector.model.FAMILIES).")
+    output: Literal["reconstruction", "anomaly_map"] = Field(
+        "reconstruction", description="What the module returns: the reconstruction (B, C, H, W) of its input, or "
+                                      "an anomaly map (B, 1, H, W) in [0, 1]; heatmaps show the squared error or "
+                                      "the map.")
     hparams: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters.")
     input: InputSpec = Field(description="Input size, channels, normalisation.")
     score: ScoreSpec = Field(description="Score reduction.")
@@ -155,6 +159,9 @@ def load_artifact(path: Path) -> Artifact:
         raise ArtifactError(f"{weights}: checksum does not match {META_FILE} (truncated, corrupt or replaced)")
     try:
         make_reduction(meta.score.reduction, meta.score.params)
+        if output_kind(meta.family) != meta.output or reduction_output(meta.score.reduction) != meta.output:
+            raise ValueError(f"family {meta.family!r} and score reduction {meta.score.reduction!r} do not fit "
+                             f"output {meta.output!r}")
         module = build_model(meta.family, meta.input.channels, meta.input.height, meta.input.width, **meta.hparams)
     except ValueError as exc:
         raise ArtifactError(f"{path / META_FILE}: {exc}") from None

@@ -152,7 +152,8 @@ def _em(x: np.ndarray, med: float, sig: float, iters: int = 300) -> tuple[np.nda
     v = np.maximum(np.array([x[~tail].var(), x[tail].var() if tail.sum() > 1 else sig**2]), floor)
     prev = -np.inf
     for _ in range(iters):
-        logp = np.log(w)[:, None] - 0.5 * np.log(2 * np.pi * v)[:, None] - (x[None] - m[:, None]) ** 2 / (2 * v[:, None])
+        logp = (np.log(w)[:, None] - 0.5 * np.log(2 * np.pi * v)[:, None]
+                - (x[None] - m[:, None]) ** 2 / (2 * v[:, None]))
         top = logp.max(axis=0)
         ll = top + np.log(np.exp(logp - top).sum(axis=0))
         r = np.exp(logp - ll)

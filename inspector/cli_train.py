@@ -38,18 +38,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "train", help="train a model on good images and calibrate it", formatter_class=_FORMATTER,
         description=(
-            "Train an autoencoder on images of good parts, keep the checkpoint with the lowest validation\n"
-            "loss, set the threshold on a held-out slice of the good images, and write the model directory.\n\n"
+            "Train a model on images of good parts, keep the checkpoint with the lowest validation loss, set\n"
+            "the threshold on a held-out slice of the good images, and write the model directory. The default\n"
+            "family, draem, learns to repair and segment synthetic defects painted on the good images; conv-ae\n"
+            "and dense-ae are plain autoencoders. Training stops after --max-minutes (default 9).\n\n"
             "Images: any common format, grayscale or colour, any size (all are resized to --size; folders of\n"
             "mixed sizes are fine). Unreadable files are skipped with a warning. If DIR has a good/ subfolder\n"
             "(as `inspector synth` writes), only DIR/good is used. The same command gives the same weights on\n"
-            "the same machine (unless --max-minutes stops it)."
+            "the same machine (unless --max-minutes stops it; --max-minutes 0 sets no limit)."
         ),
         epilog="example:\n  inspector train --data data/synth --out models/demo --size 128 --epochs 30",
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of good images (or DIR/good)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write, e.g. models/NAME")
-    p.add_argument("--family", default="conv-ae", help="model family: conv-ae (default) or dense-ae")
+    p.add_argument("--family", default="draem", help="model family: draem (default), conv-ae or dense-ae")
     p.add_argument("--size", default="256", metavar="N|WxH",
                    help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
     p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
@@ -61,9 +63,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="share of images held out for validation and calibration (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes, keeping the best")
+    p.add_argument("--max-minutes", type=float, default=9.0, metavar="M",
+                   help="stop training after M minutes, keeping the best (default 9; 0: no limit)")
     p.add_argument("--reduction", default=None, metavar="NAME",
-                   help="score reduction: mse, diff_std, smoothed_max or topk_mean (default: the recipe's)")
+                   help="score reduction: map_max or map_topk (draem); mse, diff_std, smoothed_max or topk_mean "
+                        "(autoencoders) (default: the family's)")
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyper-parameter, e.g. base_width=16 (repeatable)")
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
@@ -256,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .artifact import META_FILE, WEIGHTS_FILE
-    from .train import DEFAULT_REDUCTION, Augment, TrainSettings, check_settings, fit, load_split
+    from .train import Augment, TrainSettings, check_settings, fit, load_split
 
     height, width = _parse_size(args.size)
     _check_rate(args.target_false_reject)
@@ -264,8 +268,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_positive(args.batch_size, "--batch-size")
     if not 0.0 < args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive); got {args.val_fraction:g}")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise UsageError(f"--max-minutes must be positive; got {args.max_minutes:g}")
+    if not args.max_minutes >= 0:
+        raise UsageError(f"--max-minutes must be positive (or 0 for no limit); got {args.max_minutes:g}")
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data}: {'not a folder' if args.data.exists() else 'no such folder'}")
     out: Path = args.out
@@ -281,8 +285,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             family=args.family, height=height, width=width,
             channels=args.channels if args.channels == "auto" else int(args.channels),
             hparams=_parse_hparams(args.hparam), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes,
-            reduction=args.reduction or DEFAULT_REDUCTION, target_false_reject=args.target_false_reject,
+            val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
+            reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(),
         )
     except ValidationError as exc:
@@ -341,7 +345,9 @@ def _method(args: argparse.Namespace) -> str:
         raise UsageError("give --good DIR (optionally with --defect DIR), --unlabelled DIR or --threshold VALUE")
     method = args.method
     if method == "auto":
-        return "two-modes" if args.unlabelled is not None else ("best-f1" if args.defect is not None else "good-quantile")
+        if args.unlabelled is not None:
+            return "two-modes"
+        return "best-f1" if args.defect is not None else "good-quantile"
     needs = {"good-quantile": "--good", "best-f1": "--good and --defect", "target-false-reject": "--good and --defect",
              "two-modes": "--unlabelled"}[method]
     ok = {"good-quantile": args.good is not None, "best-f1": args.defect is not None,
@@ -392,7 +398,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     spec.details.update(sources=sources, calibrated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     stats_from = good if good is not None else (
         unlabelled[unlabelled < spec.value] if unlabelled is not None else None)
-    stats = calibrate.good_stats(stats_from) if stats_from is not None and len(stats_from) else artifact.meta.calibration
+    stats = (calibrate.good_stats(stats_from) if stats_from is not None and len(stats_from)
+             else artifact.meta.calibration)
 
     old = artifact.meta.threshold
     print(f"{args.model}: threshold {old.value:.6g} ({old.method}) -> {spec.value:.6g} ({spec.method})")
@@ -476,8 +483,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                  "defect": {"folder": str(args.defect), "count": len(defect_set), "skipped": len(defect_set.skipped),
                             "resized": defect_set.resized, "content_hash": defect_set.content_hash}},
         "metrics": metrics,
-        "scores": {"good": {p.name: float(s) for p, s in zip(good_set.paths, good)},
-                   "defect": {p.name: float(s) for p, s in zip(defect_set.paths, defect)}},
+        "scores": {"good": {p.name: float(s) for p, s in zip(good_set.paths, good, strict=True)},
+                   "defect": {p.name: float(s) for p, s in zip(defect_set.paths, defect, strict=True)}},
     }
     json_path, html_path = write_report(args.report, report, good, defect, threshold, cases,
                                         heat_scale(meta.score.reduction, threshold))
@@ -545,7 +552,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.heatmap.mkdir(parents=True, exist_ok=True)
     width = max(len(str(p)) for p in data.paths)
     rejects = 0
-    for i, (path, score) in enumerate(zip(data.paths, scores)):
+    for i, (path, score) in enumerate(zip(data.paths, scores, strict=True)):
         verdict = "reject" if score >= threshold else "accept"
         rejects += verdict == "reject"
         line = f"{str(path):<{width}}  {score:.6g}  {verdict}"

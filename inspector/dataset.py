@@ -122,7 +122,7 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             gray.append(one)
     n_channels = (1 if all(gray) else 3) if channels == "auto" else int(channels)
     if n_channels == 3:
-        prepared = [to_channels(p, 3) if g else p for p, g in zip(prepared, gray)]
+        prepared = [to_channels(p, 3) if g else p for p, g in zip(prepared, gray, strict=True)]
     shape = (height, width) if n_channels == 1 else (height, width, 3)
     images = np.stack(prepared) if prepared else np.zeros((0, *shape), np.uint8)
     return ImageSet(folder=root, paths=kept, images=images, channels=n_channels, skipped=skipped,

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from .artifact import Artifact
+from .heatmap import heat_scale  # noqa: F401  (re-exported for the offline tools)
 from .progress import Progress
-from .scoring import Reduction, error_map
+from .scoring import Reduction, heat_map
 
 DEFAULT_BATCH = 32
 
@@ -36,14 +37,18 @@ class Scored:
 
     scores: dict[str, np.ndarray]  # reduction name -> float64 (N,)
     recon: np.ndarray | None = None  # uint8 like the input
-    errors: np.ndarray | None = None  # float32 (N, H, W), squared error averaged over channels
+    errors: np.ndarray | None = None  # float32 (N, H, W): squared error averaged over channels, or the anomaly map
 
 
 @torch.no_grad()
 def run(module: nn.Module, images: np.ndarray, reductions: Mapping[str, Reduction], device: torch.device,
         batch_size: int = DEFAULT_BATCH, keep_maps: bool = False, scale: float = 255.0,
-        progress: str | None = None) -> Scored:
-    """Score uint8 images (already prepared to the model's input) with each reduction, in batches."""
+        progress: str | None = None, output: str = "reconstruction") -> Scored:
+    """Score uint8 images (already prepared to the model's input) with each reduction, in batches.
+
+    `output` is what the module returns ("reconstruction" or "anomaly_map"); for an anomaly-map model that
+    can show its repair (`repair`), the kept reconstructions are that repair.
+    """
     module = module.to(device).eval()
     n = len(images)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in reductions}
@@ -52,12 +57,14 @@ def run(module: nn.Module, images: np.ndarray, reductions: Mapping[str, Reductio
     with Progress(n, progress or "", enabled=progress is not None) as bar:
         for start in range(0, n, batch_size):
             x = to_tensor(images[start:start + batch_size], device, scale)  # (B, C, H, W)
-            recon = module(x)  # (B, C, H, W)
+            out = module(x)  # (B, C, H, W) reconstruction or (B, 1, H, W) anomaly map
             for name, reduce in reductions.items():
-                scores[name].append(reduce(x, recon).double().cpu().numpy())
+                scores[name].append(reduce(x, out).double().cpu().numpy())
             if keep_maps:
-                recons.append(to_images(recon))
-                errors.append(error_map(x, recon).float().cpu().numpy())
+                repair = getattr(module, "repair", None)
+                shown = repair(x)[0] if output == "anomaly_map" and repair is not None else out
+                recons.append(to_images(shown if shown.shape == x.shape else out.expand_as(x)))
+                errors.append(heat_map(x, out, output).float().cpu().numpy())
             bar.update(len(x))
     return Scored(
         scores={k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()},
@@ -71,13 +78,4 @@ def score_artifact(artifact: Artifact, images: np.ndarray, device: torch.device,
                    progress: str | None = None) -> Scored:
     """Score images with the artifact's own reduction (scores under the key "score")."""
     return run(artifact.module, images, {"score": artifact.reduction()}, device, batch_size, keep_maps,
-               artifact.meta.input.scale, progress)
-
-
-def heat_scale(reduction: str, threshold: float) -> float:
-    """Error-map value shown as full red in heatmaps: the per-pixel error level of the threshold."""
-    if reduction == "diff_std":
-        return max(threshold * threshold, 1e-12)  # a std of differences; its square is a squared error
-    if reduction == "mse":
-        return max(4.0 * threshold, 1e-12)  # mean of the map; defects are local, well above the mean
-    return max(threshold, 1e-12)  # smoothed_max, topk_mean: already a local squared-error level
+               artifact.meta.input.scale, progress, artifact.meta.output)

@@ -1,6 +1,8 @@
-"""Autoencoder families and their registry. Imports only torch.
+"""Model families and their registry. Imports only torch.
 
-Every model maps a float batch in [0, 1] of shape (B, C, H, W) to its reconstruction, same shape.
+Every model maps a float batch in [0, 1] of shape (B, C, H, W) either to its reconstruction, same shape
+(output kind "reconstruction": the autoencoders), or to an anomaly map (B, 1, H, W) in [0, 1] (output kind
+"anomaly_map": `draem`, whose score reductions read the map and ignore the input).
 """
 
 from __future__ import annotations
@@ -8,7 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+RECONSTRUCTION = "reconstruction"
+ANOMALY_MAP = "anomaly_map"
 
 
 class ConvAE(nn.Module):
@@ -55,7 +61,95 @@ class DenseAE(nn.Module):
         return self.decoder(z).view(x.shape[0], *self.shape)
 
 
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"conv-ae": ConvAE, "dense-ae": DenseAE}
+def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class RepairAE(nn.Module):
+    """Bottleneck autoencoder without skips (it cannot copy a defect through): (B, C, h, w) -> same, in [0, 1]."""
+
+    def __init__(self, channels: int, width: int, depth: int) -> None:
+        super().__init__()
+        widths = [width * 2**i for i in range(depth + 1)]
+        enc = _conv(channels, widths[0])
+        for i in range(depth):
+            enc += _conv(widths[i], widths[i + 1], stride=2)
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, h, w)
+        z = self.encoder(x)  # (B, width * 2**depth, h / 2**depth, w / 2**depth)
+        for up in self.decoder:
+            z = up(F.interpolate(z, scale_factor=2.0, mode="nearest"))
+        return torch.sigmoid(self.head(z))
+
+
+class SegUNet(nn.Module):
+    """Small U-Net with additive skips: (B, C, h, w) -> logits (B, 1, h, w)."""
+
+    def __init__(self, channels: int, width: int, depth: int) -> None:
+        super().__init__()
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.stem = nn.Sequential(*_conv(channels, widths[0]))
+        self.down = nn.ModuleList([nn.Sequential(*_conv(widths[i], widths[i + 1], stride=2),
+                                                 *_conv(widths[i + 1], widths[i + 1])) for i in range(depth)])
+        self.up = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, 1, h, w)
+        h = self.stem(x)
+        skips = [h]
+        for down in self.down:
+            h = down(h)
+            skips.append(h)
+        skips.pop()
+        for up in self.up:
+            h = up(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips.pop()
+        return self.head(h)
+
+
+class Draem(nn.Module):
+    """DRAEM scaled down for the CPU: a repairing autoencoder and a U-Net that segments what it repaired.
+
+    The input is folded losslessly to 1/`fold` resolution (pixel unshuffle) so that every pixel is seen at
+    a fraction of the cost; the map is unfolded back to full resolution. Fully convolutional: it can be
+    trained on crops and applied to the whole frame.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,
+                 recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3) -> None:
+        super().__init__()
+        step = fold * 2 ** max(recon_depth, seg_depth)
+        if height % step or width % step:
+            raise ValueError(f"draem with fold {fold} and depth {max(recon_depth, seg_depth)} needs height and "
+                             f"width divisible by {step}")
+        self.fold = fold
+        self.step = step  # sizes must be multiples of this (training crops included)
+        c = channels * fold * fold
+        self.recon = RepairAE(c, recon_width, recon_depth)
+        self.seg = SegUNet(3 * c, seg_width, seg_depth)
+
+    def repair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction (B, C, H, W) and the anomaly logits (B, 1, H, W)."""
+        u = F.pixel_unshuffle(x, self.fold)  # (B, C * fold**2, H / fold, W / fold)
+        r = self.recon(u)
+        logits = self.seg(torch.cat([u, r, (u - r).abs()], dim=1))  # (B, 1, H / fold, W / fold)
+        logits = F.interpolate(logits, scale_factor=float(self.fold), mode="bilinear", align_corners=False)
+        return F.pixel_shuffle(r, self.fold), logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W)
+        return torch.sigmoid(self.repair(x)[1])
+
+
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"conv-ae": ConvAE, "dense-ae": DenseAE, "draem": Draem}
+OUTPUTS: dict[str, str] = {"conv-ae": RECONSTRUCTION, "dense-ae": RECONSTRUCTION, "draem": ANOMALY_MAP}
+
+
+def output_kind(family: str) -> str:
+    """What a family's forward returns: "reconstruction" or "anomaly_map"."""
+    return OUTPUTS.get(family, RECONSTRUCTION)
 
 
 def build_model(family: str, channels: int, height: int, width: int, **hparams: Any) -> nn.Module:

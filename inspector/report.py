@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from . import evaluate
+from .heatmap import heatmap, overlay  # noqa: F401  (overlay: used by `inspector score`)
 
 _GOOD = "#2b7bb9"
 _DEFECT = "#d7301f"
@@ -31,19 +32,6 @@ class Case:
     image: np.ndarray  # uint8 (H, W) or (H, W, 3)
     recon: np.ndarray  # uint8 like image
     error: np.ndarray  # float32 (H, W)
-
-
-def heatmap(error: np.ndarray, vmax: float) -> np.ndarray:
-    """Error map -> BGR uint8 colour map (JET), full red at `vmax`."""
-    level = np.clip(error / max(vmax, 1e-12), 0.0, 1.0)
-    return cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
-
-
-def overlay(image: np.ndarray, error: np.ndarray, vmax: float, alpha: float = 0.45) -> np.ndarray:
-    """The error heatmap blended over an image of any size (the map is resized to it)."""
-    base = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    err = cv2.resize(error.astype(np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(base, 1.0 - alpha, heatmap(err, vmax), alpha, 0.0)
 
 
 def write_report(out: Path, report: dict[str, Any], good: np.ndarray, defect: np.ndarray, threshold: float,
@@ -90,14 +78,15 @@ def _png(image: np.ndarray, size: int = 160) -> str:
 def _roc_svg(good: np.ndarray, defect: np.ndarray, auroc: float, size: int = 320) -> str:
     fpr, tpr, _ = evaluate.roc_curve(good, defect)
     m, p = 40, size - 60
-    pts = " ".join(f"{m + x * p:.1f},{m + (1 - y) * p:.1f}" for x, y in zip(fpr, tpr))
+    pts = " ".join(f"{m + x * p:.1f},{m + (1 - y) * p:.1f}" for x, y in zip(fpr, tpr, strict=True))
     ticks = "".join(
         f'<text x="{m + t * p:.0f}" y="{m + p + 16}" text-anchor="middle">{t:g}</text>'
         f'<text x="{m - 6}" y="{m + (1 - t) * p + 4:.0f}" text-anchor="end">{t:g}</text>'
         for t in (0, 0.5, 1)
     )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" font-size="11" font-family="sans-serif">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" font-size="11" '
+        f'font-family="sans-serif">'
         f'<rect x="{m}" y="{m}" width="{p}" height="{p}" fill="none" stroke="#999"/>'
         f'<line x1="{m}" y1="{m + p}" x2="{m + p}" y2="{m}" stroke="#bbb" stroke-dasharray="4 3"/>'
         f'<polyline points="{pts}" fill="none" stroke="{_DEFECT}" stroke-width="2"/>{ticks}'
@@ -135,9 +124,11 @@ def _hist_svg(good: np.ndarray, defect: np.ndarray, threshold: float, width: int
         for k in range(5)
     )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" font-family="sans-serif">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
+        f'font-family="sans-serif">'
         f'<rect x="{m}" y="{m}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>{"".join(bars)}'
-        f'<line x1="{tx:.1f}" y1="{m - 6}" x2="{tx:.1f}" y2="{m + ph}" stroke="#000" stroke-width="2" stroke-dasharray="6 3"/>'
+        f'<line x1="{tx:.1f}" y1="{m - 6}" x2="{tx:.1f}" y2="{m + ph}" stroke="#000" stroke-width="2" '
+        f'stroke-dasharray="6 3"/>'
         f'<text x="{tx:.1f}" y="{m - 10}" text-anchor="middle">threshold {threshold:.4g}</text>{ticks}'
         f'<text x="{m + pw / 2}" y="{height - 10}" text-anchor="middle">score{" (log scale)" if log else ""}</text>'
         f'<rect x="{m + 8}" y="{m + 8}" width="10" height="10" fill="{_GOOD}" fill-opacity="0.55"/>'

@@ -1,4 +1,9 @@
-"""Error map -> score -> verdict. Pure functions on batched tensors; no I/O."""
+"""Error map -> score -> verdict. Pure functions on batched tensors; no I/O.
+
+A reduction takes the input and the model's output. For reconstruction models the output is the
+reconstruction and the map is the squared error; for anomaly-map models (`map_*` reductions) the output is
+the map itself and the input is ignored.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,33 @@ def topk_mean(x: torch.Tensor, recon: torch.Tensor, top_percent: float = 1.0) ->
     return err.topk(k, dim=1).values.mean(dim=1)
 
 
+def anomaly_map(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The model's anomaly map averaged over channels, ignoring the input: (B, 1|C, H, W) -> (B, H, W)."""
+    return out.mean(dim=1)
+
+
+def heat_map(x: torch.Tensor, out: torch.Tensor, output: str) -> torch.Tensor:
+    """What a heatmap shows: the map of an "anomaly_map" model, else the squared error: (B, H, W)."""
+    return anomaly_map(x, out) if output == "anomaly_map" else error_map(x, out)
+
+
+def map_max(x: torch.Tensor, out: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+    """Maximum of the anomaly map (Gaussian-smoothed first when sigma > 0) per image: (B,)."""
+    m = anomaly_map(x, out)  # (B, H, W)
+    if sigma > 0:
+        rows = _blur_matrix(m.shape[1], sigma, m.device, m.dtype)  # (H, H)
+        cols = _blur_matrix(m.shape[2], sigma, m.device, m.dtype)  # (W, W)
+        m = rows @ m @ cols.T
+    return m.flatten(1).amax(dim=1)
+
+
+def map_topk(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.1) -> torch.Tensor:
+    """Mean of the top `top_percent` % of the anomaly map's pixels per image: (B,)."""
+    m = anomaly_map(x, out).flatten(1)  # (B, H*W)
+    k = max(1, math.ceil(m.shape[1] * top_percent / 100.0))
+    return m.topk(k, dim=1).values.mean(dim=1)
+
+
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -64,7 +96,15 @@ REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "diff_std": diff_std,
     "smoothed_max": smoothed_max,
     "topk_mean": topk_mean,
+    "map_max": map_max,
+    "map_topk": map_topk,
 }
+MAP_REDUCTIONS = frozenset({"map_max", "map_topk"})  # read an anomaly map; the others a reconstruction
+
+
+def reduction_output(name: str) -> str:
+    """The model output a reduction reads: "anomaly_map" or "reconstruction"."""
+    return "anomaly_map" if name in MAP_REDUCTIONS else "reconstruction"
 
 
 def make_reduction(name: str, params: dict[str, Any] | None = None) -> Reduction:

@@ -22,7 +22,7 @@ from .logs import BurstLog, get_logger
 from .metrics import Metrics
 from .publish import Publisher
 from .reload import HOT_SCORING, plan_reload
-from .scoring import Reduction, make_reduction
+from .scoring import Reduction, make_reduction, reduction_output
 from .sdnotify import Notifier
 from .types import DEADLINE, ERROR, NOT_INSPECTED, Evidence, Frame, Verdict
 from .worker import Scorer, Worker, fail_safe_verdict
@@ -131,6 +131,9 @@ class Service:
                 f"{artifact.path} was calibrated with: set scoring.threshold too, or recalibrate the model"
             )
         name = meta.score.reduction if sc.reduction == "model" else sc.reduction
+        if reduction_output(name) != meta.output:
+            raise UsageError(f"scoring.reduction = {name!r} reads a {reduction_output(name).replace('_', ' ')}, but "
+                             f"{artifact.path} ({meta.family}) outputs a {meta.output.replace('_', ' ')}")
         params = meta.score.params if name == meta.score.reduction else {}
         threshold = meta.threshold.value if sc.threshold is None else sc.threshold
         return make_reduction(name, params), threshold, name

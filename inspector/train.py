@@ -29,16 +29,22 @@ from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
 from .device import resolve_device
 from .inference import run, to_tensor
-from .model import build_model
+from .model import ANOMALY_MAP, build_model, output_kind
 from .progress import Progress
-from .scoring import make_reduction
+from .repair import crop_size, random_crops, repair_loss
+from .scoring import make_reduction, reduction_output
 
-DEFAULT_REDUCTION = "topk_mean"  # best across the real data sets (docs/training.md)
+DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
+DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
+DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max"}
 DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
+    "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3},
 }
+DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
+VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
 MIN_IMAGES = 2  # one to train on, one held out for calibration
 FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns
 
@@ -58,7 +64,7 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    family: str = Field("conv-ae", description="Model family (inspector.model.FAMILIES).")
+    family: str = Field(DEFAULT_FAMILY, description="Model family (inspector.model.FAMILIES).")
     height: int = Field(256, ge=8, description="Input height in pixels.")
     width: int = Field(256, ge=8, description="Input width in pixels.")
     channels: int | str = Field("auto", description="1, 3 or auto (1 when every image is grayscale).")
@@ -69,11 +75,15 @@ class TrainSettings(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of images held out for validation/calibration.")
     seed: int = Field(0, description="Seed for the split, initialisation, batch order and augmentation.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    max_minutes: float | None = Field(None, gt=0, description="Stop training after this long (best checkpoint kept).")
-    reduction: str = Field(DEFAULT_REDUCTION, description="Score reduction (inspector.scoring.REDUCTIONS).")
+    max_minutes: float | None = Field(DEFAULT_MAX_MINUTES, gt=0, description="Stop training after this long "
+                                      "(best checkpoint kept); None: no limit.")
+    reduction: str | None = Field(None, description="Score reduction (inspector.scoring.REDUCTIONS); None: the "
+                                                    "family's default.")
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
+    crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
+                                                     "each side (1: whole images).")
 
 
 @dataclass
@@ -107,13 +117,22 @@ def hparams_for(settings: TrainSettings) -> dict[str, Any]:
     return {**DEFAULT_HPARAMS.get(settings.family, {}), **settings.hparams}
 
 
+def reduction_for(settings: TrainSettings) -> str:
+    """The settings' score reduction, or the family's default."""
+    return settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
+
+
 def check_settings(settings: TrainSettings) -> None:
     """Raise ValueError for a family, size, reduction or device that cannot work, before any image is read."""
     channels = 1 if settings.channels == "auto" else settings.channels
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1, 3 or auto, got {settings.channels!r}")
     build_model(settings.family, int(channels), settings.height, settings.width, **hparams_for(settings))
-    make_reduction(settings.reduction, settings.reduction_params)
+    reduction = reduction_for(settings)
+    make_reduction(reduction, settings.reduction_params)
+    if reduction_output(reduction) != output_kind(settings.family):
+        raise ValueError(f"score reduction {reduction!r} reads a {reduction_output(reduction).replace('_', ' ')}, "
+                         f"but family {settings.family!r} outputs a {output_kind(settings.family).replace('_', ' ')}")
     resolve_device(settings.device)
 
 
@@ -152,7 +171,8 @@ class _Deterministic:
     """Context: deterministic torch algorithms on, restored on exit."""
 
     def __enter__(self) -> None:
-        self._prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+        self._prev = (torch.are_deterministic_algorithms_enabled(),
+                      torch.is_deterministic_algorithms_warn_only_enabled(),
                       torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -194,14 +214,36 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
         yield order[s:end]
 
 
+def _train_loss(model: nn.Module, x: torch.Tensor, settings: TrainSettings, rng: np.random.Generator) -> torch.Tensor:
+    """The family's loss on one augmented batch: L2 reconstruction, or repair-and-segment (on random crops)."""
+    if output_kind(settings.family) == ANOMALY_MAP:
+        size = crop_size(x.shape[2], x.shape[3], int(getattr(model, "step", 1)), settings.crop)
+        if size != (x.shape[2], x.shape[3]):
+            x = random_crops(x, size, rng)
+        return repair_loss(model, x, rng)
+    return F.mse_loss(model(x), x)
+
+
 @torch.no_grad()
-def _val_loss(model: nn.Module, val: torch.Tensor, batch_size: int) -> float:
+def _val_loss(model: nn.Module, val: torch.Tensor, batch_size: int, family: str) -> float:
+    """Mean loss on the held-out slice (with the same synthetic defects every time, for map families)."""
     model.eval()
+    rng = np.random.default_rng(VAL_SEED)
     total = 0.0
     for s in range(0, len(val), batch_size):
         x = val[s:s + batch_size].float().div(255.0)
-        total += F.mse_loss(model(x), x, reduction="sum").item() / x[0].numel()
+        if output_kind(family) == ANOMALY_MAP:
+            total += repair_loss(model, x, rng).item() * len(x)
+        else:
+            total += F.mse_loss(model(x), x, reduction="sum").item() / x[0].numel()
     return total / len(val)
+
+
+def _lr(settings: TrainSettings, done: float, elapsed: float) -> float:
+    """Cosine decay over the run: over the epochs, or over the time budget if that comes first."""
+    budget = settings.max_minutes * 60 if settings.max_minutes else math.inf
+    progress = min(1.0, max(done, elapsed / budget))
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False) -> TrainResult:
@@ -218,6 +260,8 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         train_u8 = to_tensor(images[split.train_idx], device, 1.0).to(torch.uint8)  # (N, C, H, W)
         val_u8 = to_tensor(images[split.val_idx], device, 1.0).to(torch.uint8)
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        rng = np.random.default_rng(settings.seed)  # crops and synthetic defects
+        maps = output_kind(settings.family) == ANOMALY_MAP
         n = len(train_u8)
         steps = len(list(_batches(n, settings.batch_size, torch.Generator().manual_seed(0))))
         deadline = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
@@ -230,7 +274,11 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                 seen, loss_sum, done = 0, 0.0, 0
                 for idx in _batches(n, settings.batch_size, gen):
                     x = augment(train_u8[idx.to(device)].float().div_(255.0), settings.augment, gen)
-                    loss = F.mse_loss(model(x), x)
+                    if maps:  # cosine learning-rate decay (the autoencoders keep a constant rate)
+                        lr = _lr(settings, (epoch - 1 + done / steps) / settings.epochs, time.monotonic() - started)
+                        for group in opt.param_groups:
+                            group["lr"] = lr
+                    loss = _train_loss(model, x, settings, rng)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -241,7 +289,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                     if time.monotonic() > deadline:
                         stopped = "time budget"
                         break
-                val = _val_loss(model, val_u8, settings.batch_size)
+                val = _val_loss(model, val_u8, settings.batch_size, settings.family)
                 epochs_run += done / steps
                 history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val})
                 if val < best_loss:
@@ -252,11 +300,12 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         model.load_state_dict(best_state)
         model.eval()
     train_seconds = time.monotonic() - started
-    reduce = make_reduction(settings.reduction, settings.reduction_params)
+    reduction = reduction_for(settings)
+    reduce = make_reduction(reduction, settings.reduction_params)
     val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size).scores["score"]
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
     threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
-    meta = _meta(split, settings, hparams, threshold, calibrate.good_stats(val_scores), out, device, {
+    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
         "seconds": round(train_seconds, 2), "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch,
         "best_val_loss": best_loss, "stopped_by": stopped, "history": history,
     })
@@ -266,28 +315,30 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                        history=history)
 
 
-def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], threshold: Any, stats: Any, out: Path,
-          device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
+def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: str, threshold: Any,
+          stats: Any, out: Path, device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
     data = split.data
     return {
         "name": Path(out).resolve().name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "family": settings.family,
+        "output": output_kind(settings.family),
         "hparams": hparams,
         "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
                   "scale": 255.0, "resize": "area"},
-        "score": {"reduction": settings.reduction, "params": settings.reduction_params},
+        "score": {"reduction": reduction, "params": settings.reduction_params},
         "threshold": threshold,
         "calibration": stats,
         "data": {
             "folder": str(data.folder), "count": len(data), "train_count": int(len(split.train_idx)),
             "held_out_count": int(len(split.val_idx)), "content_hash": data.content_hash,
+            "held_out_files": [data.paths[i].name for i in split.val_idx],
             "skipped_unreadable": len(data.skipped), "resized": data.resized,
             "original_sizes": sorted(f"{w}x{h}" for w, h in data.sizes)[:20],
         },
         "training": {
             "settings": settings.model_dump(mode="json"),
             "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
-            "deterministic": settings.max_minutes is None, **outcome,
+            "deterministic": outcome["stopped_by"] != "time budget", **outcome,
         },
     }

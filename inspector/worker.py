@@ -16,7 +16,7 @@ from .buffer import FrameRing, collect
 from .config import WorkerConfig
 from .logs import BurstLog
 from .preprocess import prepare
-from .scoring import Reduction, error_map
+from .scoring import Reduction, heat_map
 from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Evidence, Frame, Verdict
 
 Wants = Callable[[str, str, str], bool]  # (verdict, reason, camera) -> keep evidence for the archive?
@@ -33,6 +33,7 @@ class Scorer:
         self.device, self.dtype = device, dtype
         self.reduction, self.threshold = reduction, threshold
         self.label = artifact.label
+        self.output = artifact.meta.output  # "reconstruction" or "anomaly_map": what the heatmap shows
         self.reduction_name = ""  # the reduction's name, for logs and metrics
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
@@ -65,11 +66,12 @@ class Scorer:
         return scores.tolist()
 
     def heatmap(self, i: int) -> np.ndarray:
-        """The anomaly map of image i of the last batch scored: float32 (H, W) at the model's input size."""
+        """The heatmap of image i of the last batch scored (squared error, or the model's anomaly map): float32
+        (H, W) at the model's input size."""
         assert self._last is not None, "heatmap() before scores()"
         x, out = self._last
         with torch.inference_mode():
-            m = error_map(x[i:i + 1].float(), out[i:i + 1].float())[0]  # (H, W)
+            m = heat_map(x[i:i + 1].float(), out[i:i + 1].float(), self.output)[0]  # (H, W)
         return m.cpu().numpy().astype(np.float32, copy=False)
 
     def warm_up(self, batches: tuple[int, ...]) -> None:

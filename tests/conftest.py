@@ -43,6 +43,21 @@ def make_model(path: Path, size: int = 32, channels: int = 1, threshold: float =
     return path
 
 
+def make_draem_model(path: Path, size: int = 32, threshold: float = 0.5) -> Path:
+    """A real (untrained) draem artifact: its output is an anomaly map in [0, 1], scored with map_max."""
+    import torch
+
+    torch.manual_seed(0)
+    hp = {"fold": 2, "recon_width": 4, "recon_depth": 2, "seg_width": 4, "seg_depth": 2}
+    net = build_model("draem", 1, size, size, **hp)
+    save_artifact(path, net, {
+        "name": path.name, "created_at": "2026-01-01T00:00:00Z", "family": "draem", "output": "anomaly_map",
+        "hparams": hp, "input": {"height": size, "width": size, "channels": 1},
+        "score": {"reduction": "map_max"}, "threshold": {"value": threshold, "method": "manual"},
+    })
+    return path
+
+
 def write_images(folder: Path, count: int, defect_rate: float = 0.0, size: int = 64, seed: int = 0) -> list[str]:
     """Write synthetic part images under folder/good and folder/defect; returns the labels in name order."""
     renderer = PartRenderer(width=size, height=size, seed=seed, defect_rate=defect_rate)

@@ -17,7 +17,7 @@ from inspector.logs import get_logger
 from inspector.metrics import Metrics
 from inspector.types import Evidence
 
-from .conftest import camera, make_model, metric_sum, run_cli, scrape, sections, write_config
+from .conftest import camera, make_draem_model, make_model, metric_sum, run_cli, scrape, sections, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURED = 1_767_225_600.5  # 2026-01-01 00:00:00.5 UTC
@@ -163,6 +163,44 @@ def test_daemon_drops_archive_entries_never_frames(tmp_path: Path, line_factory)
     dropped = final.get_sample_value("inspector_archive_dropped_total", {"camera": "cam1"})
     assert saved > 0 and dropped > 0 and saved + dropped == rejects
     assert len(list((tmp_path / "arch").glob("*/cam1/*_reject_*.json"))) == saved
+
+
+def test_daemon_runs_an_anomaly_map_model_and_archives_its_map(tmp_path: Path, line_factory) -> None:
+    """A draem model (its output is the anomaly map) through the daemon, traced: every frame gets a verdict with
+    a score in [0, 1], and each archived reject has a heatmap drawn from the map, not from a reconstruction."""
+    model = make_draem_model(tmp_path / "d", threshold=0.0)  # every inspected part is a reject: all archived
+    cams = camera("cam1", model, '{ type = "synthetic", fps = 50, width = 64, height = 64 }')
+    cfg = write_config(tmp_path / "c.toml", cams, archive={"enabled": True, "directory": "arch"}, **sections(tmp_path))
+    line = line_factory(cfg).start()
+    assert line.service.workers[0].scorer.traced
+    line.receive_verdicts(20)
+    line.stop()
+    verdicts = line.verdicts()
+    assert [v["seq"] for v in verdicts] == list(range(len(verdicts)))
+    scored = [v for v in verdicts if v["score"] is not None]
+    assert len(scored) >= 15 and all(0.0 <= v["score"] <= 1.0 and v["reason"] == "anomaly" for v in scored)
+    heatmaps = sorted((tmp_path / "arch").glob("*/cam1/*_reject_anomaly_heatmap.png"))
+    assert len(heatmaps) >= 15
+    picture = cv2.imread(str(heatmaps[0]))
+    assert picture.shape == (64, 64, 3) and picture.std() > 0
+
+
+def test_the_heatmap_of_an_anomaly_map_model_is_its_map(tmp_path: Path) -> None:
+    """Scorer.heatmap gives the draem model's own map (the squared error is only for reconstruction models)."""
+    import torch
+
+    from inspector.artifact import load_artifact
+    from inspector.scoring import make_reduction
+    from inspector.worker import Scorer
+
+    artifact = load_artifact(make_draem_model(tmp_path / "d"))
+    scorer = Scorer(artifact, make_reduction("map_max"), 0.5, torch.device("cpu"), torch.float32, 2)
+    scorer.host_np[0] = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    score = scorer.scores(1)[0]
+    with torch.inference_mode():
+        expected = artifact.module(torch.from_numpy(scorer.host_np[:1]).float().div(255).unsqueeze(1))[0, 0]
+    assert np.allclose(scorer.heatmap(0), expected.numpy(), atol=1e-5)
+    assert abs(score - float(expected.max())) < 1e-5
 
 
 def test_production_example_config_checks(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from inspector.synth import PartRenderer
 
 from .conftest import make_model
 
-FAST = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--hparam", "base_width=4", "--hparam", "depth=2",
-        "--hparam", "latent=4", "--device", "cpu", "--quiet"]
+FAST = ["--family", "conv-ae", "--size", "32", "--epochs", "1", "--batch-size", "4", "--hparam", "base_width=4",
+        "--hparam", "depth=2", "--hparam", "latent=4", "--device", "cpu", "--quiet"]
 
 
 def _images(folder: Path, count: int, size: int = 48, seed: int = 0) -> Path:
@@ -134,7 +134,8 @@ def test_calibrate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                  "between 0 and 1")
     _usage_error(capsys, ["calibrate", "--model", model], "give --good")
     _usage_error(capsys, ["calibrate", "--model", model, "--defect", good], "--defect needs --good")
-    _usage_error(capsys, ["calibrate", "--model", model, "--good", good, "--method", "best-f1"], "needs --good and --defect")
+    _usage_error(capsys, ["calibrate", "--model", model, "--good", good, "--method", "best-f1"],
+                 "needs --good and --defect")
     _usage_error(capsys, ["calibrate", "--model", model, "--good", str(tmp_path / "empty")], "no readable images")
     _usage_error(capsys, ["calibrate", "--model", model, "--unlabelled", good], "at least 10")
     _usage_error(capsys, ["calibrate", "--model", model, "--threshold", "-1"], "positive")

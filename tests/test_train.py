@@ -50,8 +50,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "test" / "defect").mkdir(parents=True)
     for i, image in enumerate(fresh[:8]):
         cv2.imwrite(str(root / "test" / "defect" / f"defect_{i:03d}.png"), _clearly_defective(image))
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=25, batch_size=8, device="cpu",
-                             val_fraction=0.25)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=25, batch_size=8,
+                             device="cpu", val_fraction=0.25)
     split = load_split(root / "data", settings)
     fit(split, settings, root / "model")
     return {"root": root, "model": root / "model", "good": root / "test" / "good", "defect": root / "test" / "defect"}
@@ -91,7 +91,8 @@ def test_defective_scores_above_and_good_below_the_threshold(trained: dict[str, 
 def test_same_command_gives_the_same_weights(tmp_path: Path) -> None:
     """Training twice with the same settings on the CPU writes identical weights."""
     _good_images(tmp_path / "data", 12, seed=3)
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4, device="cpu")
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4,
+                             device="cpu")
     split = load_split(tmp_path / "data", settings)
     a = fit(split, settings, tmp_path / "a").artifact.meta.weights_sha256
     b = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "b").artifact.meta.weights_sha256
@@ -104,8 +105,8 @@ def test_same_command_gives_the_same_weights(tmp_path: Path) -> None:
 def test_time_budget_stops_training(tmp_path: Path) -> None:
     """With --max-minutes the loop stops early, keeps the best checkpoint and records why."""
     _good_images(tmp_path / "data", 8, seed=4)
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=10_000, batch_size=4, device="cpu",
-                             max_minutes=0.02)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=10_000, batch_size=4,
+                             device="cpu", max_minutes=0.02)
     result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
     assert result.stopped == "time budget" and result.epochs_run < 10_000
     assert result.artifact.meta.training["deterministic"] is False
@@ -272,7 +273,8 @@ def test_progress_prints_about_every_tenth_off_a_terminal() -> None:
 def test_train_and_score_on_cuda(tmp_path: Path) -> None:
     """Training and offline scoring run on CUDA, and the CUDA-trained artifact scores alike on the CPU."""
     _good_images(tmp_path / "data", 12, seed=5)
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4, device="cuda")
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4,
+                             device="cuda")
     result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
     assert result.artifact.meta.training["device"].startswith("cuda")
     images = dataset.load_folder(tmp_path / "data", SIZE, SIZE, 1).images
