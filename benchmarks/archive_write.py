@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from inspector.archive import Archive
 from inspector.config import ArchiveConfig
-from inspector.logs import get_logger
+from inspector.logs import configure_logging, get_logger
 from inspector.metrics import Metrics
 from inspector.types import Evidence
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400, help="entries per format (default 400)")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # as in the daemon
+    configure_logging("warning", "console")
     print(f"reject archive, {args.size}x{args.size} gray frames, {args.count} entries, one writer thread")
     print("| format | entries/s | KiB per entry |\n|---|---|---|")
     for fmt in ("png", "jpg"):
