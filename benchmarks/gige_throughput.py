@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -75,12 +75,22 @@ def bare(size: int, rate: float, seconds: float, buffers: int) -> dict[str, Any]
         out["cpu_s"], out["faults"] = thread_cpu_s(threading.get_native_id())
 
     cam.start_acquisition()
+    wall = run_in_thread(loop, "bare")
+    cam.stop_acquisition()
+    return loop_result(out, wall)
+
+
+def run_in_thread(loop: Callable[[], None], name: str) -> float:
+    """Run `loop` in a thread of its own (so its CPU time is its own); the wall-clock seconds it took."""
     t0 = time.monotonic()
-    thread = threading.Thread(target=loop, name="bare")
+    thread = threading.Thread(target=loop, name=name)
     thread.start()
     thread.join()
-    wall = time.monotonic() - t0
-    cam.stop_acquisition()
+    return time.monotonic() - t0
+
+
+def loop_result(out: dict[str, Any], wall: float) -> dict[str, Any]:
+    """One table row's figures from what a reading loop collected."""
     return {"frames": len(out["ids"]), "wall_s": wall, "incomplete": out["incomplete"],
             "gaps": lost_in_ids(out["ids"]), "cpu_s": out["cpu_s"], "faults": out["faults"]}
 
@@ -105,14 +115,9 @@ def source_only(size: int, rate: float, seconds: float, buffers: int) -> dict[st
                 out["incomplete"] += 1
         out["cpu_s"], out["faults"] = thread_cpu_s(threading.get_native_id())
 
-    t0 = time.monotonic()
-    thread = threading.Thread(target=loop, name="source")
-    thread.start()
-    thread.join()
-    wall = time.monotonic() - t0
+    wall = run_in_thread(loop, "source")
     cam.close()
-    return {"frames": len(out["ids"]), "wall_s": wall, "incomplete": out["incomplete"],
-            "gaps": lost_in_ids(out["ids"]), "cpu_s": out["cpu_s"], "faults": out["faults"]}
+    return loop_result(out, wall)
 
 
 class _Count:

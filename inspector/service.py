@@ -58,7 +58,6 @@ class Service:
         self._burst = BurstLog(self._log)
         self._model_of: dict[str, tuple[float, str]] = {}  # camera -> (threshold, model label)
         self._groups: dict[str, list[str]] = {}  # worker name -> its cameras' ids
-        self._calibration: dict[str, dict[str, float] | None] = {}  # model label -> good-score quantiles (metrics)
         self._device: Any = None
         self._dtype: Any = None
         self.archive: Any = None  # the reject archive, when configured
@@ -178,7 +177,7 @@ class Service:
                        seconds=round(time.perf_counter() - t0, 3))
         scorer.reduction_name = name
         cal = artifact.meta.calibration  # valid only for the reduction it was computed with
-        self._calibration[scorer.label] = cal.quantiles if cal and name == artifact.meta.score.reduction else None
+        scorer.calibration = cal.quantiles if cal and name == artifact.meta.score.reduction else None
         return scorer
 
     def _adopt(self, worker: str, scorer: Scorer) -> None:
@@ -188,7 +187,7 @@ class Service:
         self.metrics.model_loaded(
             name, {"version": version, "threshold": f"{scorer.threshold:.6g}", "reduction": scorer.reduction_name})
         for camera in self._groups[worker]:
-            self.metrics.camera_model(camera, scorer.threshold, self._calibration.get(scorer.label))
+            self.metrics.camera_model(camera, scorer.threshold, scorer.calibration)
 
     def _wants(self, verdict: str, reason: str, camera: str) -> bool:
         """Whether the archive keeps this verdict (then the worker attaches the frame and its heatmap)."""
@@ -203,7 +202,7 @@ class Service:
         """The score reduction in force on a camera (the archive scales its heatmaps by it)."""
         for worker in self.workers:
             if camera in self._groups.get(worker.name, ()):
-                return str(getattr(worker.scorer, "reduction_name", "smoothed_max"))
+                return worker.scorer.reduction_name
         return "smoothed_max"
 
     def _build_camera(self, cam: CameraConfig, cond: threading.Condition) -> FrameRing:

@@ -35,6 +35,7 @@ class Scorer:
         self.label = artifact.label
         self.output = artifact.meta.output  # "reconstruction" or "anomaly_map": what the heatmap shows
         self.reduction_name = ""  # the reduction's name, for logs and metrics
+        self.calibration: dict[str, float] | None = None  # good-score quantiles it was calibrated on (metrics)
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
