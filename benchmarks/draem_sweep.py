@@ -9,6 +9,7 @@ train/good.
     python benchmarks/draem_sweep.py ../shared/data/deeppcb --minutes 5 --crop 128 --batch 16 \
         --hparam fold=2 --hparam recon_width=16 --hparam seg_width=16
     python benchmarks/draem_sweep.py --speed --hparam fold=4    # frames/s of an untrained model, no data
+    python benchmarks/draem_sweep.py --train-speed               # ms per training step, fp32 and bf16, no data
 
 The images are read where they are; nothing is copied.
 """
@@ -52,11 +53,33 @@ def reductions(m: torch.Tensor) -> dict[str, np.ndarray]:
             "top0.1": flat.topk(max(1, flat.shape[1] // 1000), 1).values.mean(1).double().numpy()}
 
 
+def train_step_ms(hp: dict[str, int], crop: int, batch: int, steps: int = 20) -> dict[str, float]:
+    """Milliseconds per training step (synthetic defects, forward, backward, Adam) in fp32 and bf16 autocast."""
+    net = build_model("draem", 1, crop, crop, **hp).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = torch.rand(batch, 1, crop, crop)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        for i in range(steps + 5):  # 5 warm-up steps
+            if i == 5:
+                t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = repair_loss(net, x, rng)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[f"{precision}_ms_per_step"] = round((time.perf_counter() - t0) / steps * 1000, 1)
+    return out
+
+
 def main() -> int:
     """Train one variant, print one JSON line of results."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path, nargs="?")
     p.add_argument("--speed", action="store_true", help="only measure frames/s (batch 8, TorchScript, 2 threads)")
+    p.add_argument("--train-speed", action="store_true",
+                   help="only time training steps (random crops of --crop, batch --batch) in fp32 and in bf16")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--crop", type=int, default=128)
@@ -72,6 +95,9 @@ def main() -> int:
         n_params = sum(p.numel() for p in net.parameters())
         fps = frames_per_second(net, make_reduction("map_max"), 1, a.size, a.size)
         print(json.dumps({"hparams": hp, "size": a.size, "parameters": n_params, "frames_per_s": round(fps, 1)}))
+        return 0
+    if a.train_speed:
+        print(json.dumps({"hparams": hp, "crop": a.crop, "batch": a.batch, **train_step_ms(hp, a.crop, a.batch)}))
         return 0
     if a.dataset is None:
         p.error("give a data set folder (or --speed)")

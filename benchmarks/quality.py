@@ -10,6 +10,11 @@ rate at 1% test false rejects, pixel AUROC where ground truth exists, training t
 
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb [--json out.json] \
         [--keep DIR] [-- --family conv-ae --max-minutes 2]
+    python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb --trained DIR --views 2
+
+The second form re-evaluates models kept by an earlier `--keep DIR` (no training; "train time" is then the
+training time model.json records), here with two test-time views of draem, thresholds set afresh on the
+held-out good images.
 
 Ground truth: masks ground_truth/defect/<name>.png (thresholded at 128), or boxes
 ground_truth/defect_bboxes/<id>.txt (`x1 y1 x2 y2 ...` per line; <id> is the image name without a
@@ -19,6 +24,7 @@ trailing `_test`), rasterised. The images are read where they are; nothing is co
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -37,7 +43,9 @@ sys.path.insert(0, str(REPO))
 from inspector import calibrate, evaluate  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
 from inspector.dataset import load_files, load_folder  # noqa: E402
+from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
+from inspector.model import VIEWS  # noqa: E402
 from inspector.scoring import Reduction  # noqa: E402
 from inspector.worker import trace  # noqa: E402
 
@@ -66,27 +74,35 @@ def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray
 
 def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int, height: int, width: int,
                       batch: int = 8, seconds: float = 5.0) -> float:
-    """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript)."""
-    x = torch.rand(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
-    model = trace(module.eval().to(memory_format=torch.channels_last), x, None)  # type: ignore[call-overload]
+    """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript, in the
+    arithmetic its default `precision = "auto"` picks: bf16 where the CPU computes it natively, else fp32)."""
+    dtype = resolve_dtype("auto", torch.device("cpu"))
+    x = torch.rand(batch, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
+    module = copy.deepcopy(module).eval().to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = trace(module, x, None)
     with torch.inference_mode():
         for _ in range(3):
-            reduce(x, model(x))
+            reduce(x.float(), model(x).float())
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            reduce(x, model(x))
+            reduce(x.float(), model(x).float())
             n += batch
     return n / (time.perf_counter() - t0)
 
 
-def bench(root: Path, out: Path, extra: list[str]) -> dict[str, Any]:
-    """Train the recipe on root/train/good, evaluate on root/test; one result dict."""
+def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views: int | None = None) -> dict[str, Any]:
+    """Train the recipe on root/train/good (or take the model already in `out`), evaluate on root/test; one
+    result dict. `views` re-evaluates a draem model with that many test-time views, its thresholds then set
+    afresh on the held-out scores."""
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out", str(out),
-           "--quiet", "--overwrite", *extra]
-    subprocess.run(cmd, check=True, cwd=REPO)
-    train_s = time.monotonic() - t0
+    if not trained:
+        cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out",
+               str(out), "--quiet", "--overwrite", *extra]
+        subprocess.run(cmd, check=True, cwd=REPO)
     art = load_artifact(out)
+    train_s = art.meta.training["seconds"] if trained else time.monotonic() - t0
+    if views is not None:
+        art.module.flips = VIEWS[views]  # type: ignore[union-attr]
     spec, device = art.meta.input, torch.device("cpu")
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels)
@@ -99,14 +115,16 @@ def bench(root: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     sg, sd = sg_all.scores["score"], sd_all.scores["score"]
     row: dict[str, Any] = {
         "dataset": root.name, "family": art.meta.family, "size": f"{spec.width}x{spec.height}x{spec.channels}",
-        "reduction": art.meta.score.reduction, "train_seconds": round(train_s, 1),
+        "reduction": art.meta.score.reduction, "views": len(getattr(art.module, "flips", [])) + 1,
+        "train_seconds": round(train_s, 1),
         "stopped_by": art.meta.training.get("stopped_by"), "epochs_run": art.meta.training.get("epochs_run"),
         "n_heldout": len(sv), "n_test_good": len(sg), "n_test_defect": len(sd),
         "auroc": evaluate.auroc(sg, sd), "ap": evaluate.average_precision(sg, sd),
         "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
     }
     for rate in (0.01, 0.05):
-        thr = art.meta.threshold.value if rate == 0.01 else calibrate.good_quantile(sv, rate).value
+        own = rate == 0.01 and views is None  # the model's own threshold, else one set on the held-out scores
+        thr = art.meta.threshold.value if own else calibrate.good_quantile(sv, rate).value
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
         row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate
@@ -142,12 +160,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The results as a markdown table, one row per data set."""
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
-    lines = ["| data set | family | size | AUROC | AP | miss@1% | FR@1% | miss@5% | FR@5% | ROC miss@1% | pixel AUROC "
-             "| train time | frames/s |", "|" + "---|" * 13]
+    lines = ["| data set | family | size | views | AUROC | AP | miss@1% | FR@1% | miss@5% | FR@5% | ROC miss@1% "
+             "| pixel AUROC | train time | frames/s |", "|" + "---|" * 14]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['family']} | {r['size']} | {f(r['auroc'])} | {f(r['ap'])} | "
-                     f"{f(r['miss_at_1%'])} | {f(r['test_false_reject_at_1%'])} | {f(r['miss_at_5%'])} | "
-                     f"{f(r['test_false_reject_at_5%'])} | {f(r['roc_miss_at_1pct'])} | {f(r['pixel_auroc'])} | "
+        lines.append(f"| {r['dataset']} | {r['family']} | {r['size']} | {r['views']} | {f(r['auroc'])} | "
+                     f"{f(r['ap'])} | {f(r['miss_at_1%'])} | {f(r['test_false_reject_at_1%'])} | "
+                     f"{f(r['miss_at_5%'])} | {f(r['test_false_reject_at_5%'])} | {f(r['roc_miss_at_1pct'])} | "
+                     f"{f(r['pixel_auroc'])} | "
                      f"{r['train_seconds'] / 60:.1f} min | {r['frames_per_s']:.0f} |")
     return "\n".join(lines)
 
@@ -161,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("datasets", nargs="+", type=Path, help="data set folders (train/good, test/good, test/defect)")
     p.add_argument("--keep", type=Path, help="keep the trained models under this folder")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--trained", type=Path, metavar="DIR",
+                   help="evaluate the models already in DIR/<data set name> (a --keep folder) instead of training")
+    p.add_argument("--views", type=int, choices=sorted(VIEWS), help="evaluate draem models with this many views")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
@@ -168,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         for sub in ("train/good", "test/good", "test/defect"):
             if not (root / sub).is_dir():
                 p.error(f"{root}: no {sub}/ folder")
-        out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
-        rows.append(bench(root, out, extra))
+        if args.trained:
+            out = args.trained / root.name
+        else:
+            out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
+        rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))

@@ -73,6 +73,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
                    help="false-reject rate the threshold aims for on held-out good images (default 0.01)")
     p.add_argument("--no-augment", action="store_true", help="train without shifts and brightness jitter")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="training arithmetic: auto (bf16 mixed precision where the device computes it natively), "
+                        "fp32 or bf16")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -288,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(),
+            precision=args.precision,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -25,8 +25,18 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 convolutions natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto -> fp16 on CUDA, fp32 on the CPU; else fp32, fp16 or bf16."""
+    """auto -> fp16 on CUDA, bf16 on a CPU that computes it natively (about twice fp32's speed), else fp32;
+    or fp32, fp16 or bf16 as named."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -59,4 +59,4 @@ def repair_loss(model: nn.Module, clean: torch.Tensor, rng: np.random.Generator,
     """Focal segmentation loss on the painted pixels plus L2 between the repair and the clean images."""
     painted, masks = paint(clean, rng, rate)
     recon, logits = model.repair(painted)  # type: ignore[operator]
-    return FOCAL_WEIGHT * focal_loss(logits, masks) + F.mse_loss(recon, clean)
+    return FOCAL_WEIGHT * focal_loss(logits.float(), masks) + F.mse_loss(recon.float(), clean)  # fp32 under autocast

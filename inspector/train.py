@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
-from .device import resolve_device
+from .device import native_bf16, resolve_device
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, output_kind
 from .progress import Progress
@@ -41,7 +41,7 @@ DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
-    "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3},
+    "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 1},
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
@@ -84,6 +84,9 @@ class TrainSettings(BaseModel):
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
     crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
                                                      "each side (1: whole images).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training arithmetic: bf16 mixed precision (about 1.7x the steps per minute where the "
+                            "device computes bf16 natively), fp32, or auto (bf16 where native, else fp32).")
 
 
 @dataclass
@@ -262,6 +265,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
         rng = np.random.default_rng(settings.seed)  # crops and synthetic defects
         maps = output_kind(settings.family) == ANOMALY_MAP
+        mixed = settings.precision == "bf16" or (settings.precision == "auto" and native_bf16(device))
         n = len(train_u8)
         steps = len(list(_batches(n, settings.batch_size, torch.Generator().manual_seed(0))))
         deadline = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
@@ -278,7 +282,8 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                         lr = _lr(settings, (epoch - 1 + done / steps) / settings.epochs, time.monotonic() - started)
                         for group in opt.param_groups:
                             group["lr"] = lr
-                    loss = _train_loss(model, x, settings, rng)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+                        loss = _train_loss(model, x, settings, rng)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -306,8 +311,9 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
     threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
     meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
-        "seconds": round(train_seconds, 2), "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch,
-        "best_val_loss": best_loss, "stopped_by": stopped, "history": history,
+        "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
+        "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch, "best_val_loss": best_loss,
+        "stopped_by": stopped, "history": history,
     })
     artifact = save_artifact(out, model, meta)
     return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started, epochs_run=epochs_run,

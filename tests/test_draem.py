@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from inspector import evaluate
-from inspector.artifact import ArtifactError, load_artifact
+from inspector.artifact import Artifact, ArtifactError, load_artifact
 from inspector.defects import FILLS, MIN_CHANGE, defect_batch, fill, make_defect, noise_blobs, spots, strokes
+from inspector.device import native_bf16
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, RECONSTRUCTION, build_model, output_kind
 from inspector.repair import crop_size, focal_loss, random_crops
@@ -83,6 +84,43 @@ def test_draem_outputs_a_full_resolution_map_in_unit_range() -> None:
         assert out.shape == (2, 1, 32, 48) and float(out.min()) >= 0 and float(out.max()) <= 1
         assert recon.shape == x.shape and logits.shape == (2, 1, 32, 48)
     assert output_kind("draem") == ANOMALY_MAP and output_kind("conv-ae") == RECONSTRUCTION
+
+
+def test_draem_views_average_the_maps_of_flipped_inputs() -> None:
+    """views=2 maps x to the mean of its own map and the flipped-back map of its mirror image; views=4 adds the
+    vertical and the double flip; other counts are refused."""
+    torch.manual_seed(0)
+    one = build_model("draem", 1, 32, 32, **HP).eval()
+    two = build_model("draem", 1, 32, 32, views=2, **HP).eval()
+    four = build_model("draem", 1, 32, 32, views=4, **HP).eval()
+    two.load_state_dict(one.state_dict())
+    four.load_state_dict(one.state_dict())
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        m, h, v, hv = one(x), one(x.flip(3)).flip(3), one(x.flip(2)).flip(2), one(x.flip(2, 3)).flip(2, 3)
+        torch.testing.assert_close(two(x), (m + h) / 2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(four(x), (m + h + v + hv) / 4, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(two(x), m)  # the views do differ
+    with pytest.raises(ValueError, match="views must be one of"):
+        build_model("draem", 1, 32, 32, views=3, **HP)
+
+
+def test_draem_traces_with_views_in_bfloat16() -> None:
+    """The worker's TorchScript path takes a two-view draem in bf16 and returns float32 maps close to fp32's."""
+    from inspector.worker import trace
+
+    torch.manual_seed(0)
+    net = build_model("draem", 1, 32, 32, views=2, **HP).eval()
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+    bf = net.to(torch.bfloat16)
+    traced = trace(bf, x.to(torch.bfloat16), None)
+    assert traced is not bf  # traced, not the eager fallback
+    with torch.no_grad():
+        got = traced(x.to(torch.bfloat16))
+    assert got.dtype == torch.float32 and got.shape == (4, 1, 32, 32)
+    assert float((got - want).abs().max()) < 0.05
 
 
 def test_draem_rejects_sizes_it_cannot_fold() -> None:
@@ -155,20 +193,42 @@ def draem_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small draem trained for a few seconds on generated good parts (the default family and reduction)."""
     root = tmp_path_factory.mktemp("draem")
     _parts(root / "data" / "good", 48, seed=0)
+    return _train(root, "fp32")
+
+
+def _train(root: Path, precision: str) -> Path:
+    """Train the small draem on root/data (generated good parts) into root/model."""
     settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=EPOCHS, batch_size=8, device="cpu",
-                             lr=3e-3, val_fraction=0.25, max_minutes=None)
+                             lr=3e-3, val_fraction=0.25, max_minutes=None, precision=precision)
     fit(load_split(root / "data", settings), settings, root / "model")
     return root / "model"
+
+
+def _generated_scores(art: Artifact, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of 16 fresh good parts and of 16 parts with painted defects."""
+    good = _parts(folder / "good", 16, seed=1)
+    bad = _paint_defects(_parts(folder / "bad", 16, seed=2), seed=3)
+    cpu = torch.device("cpu")
+    return score_artifact(art, good, cpu).scores["score"], score_artifact(art, bad, cpu).scores["score"]
+
+
+def test_bf16_training_also_separates_generated_defects(tmp_path: Path) -> None:
+    """The same small model trained in bf16 mixed precision (the default where the CPU has it) records it and
+    still scores generated defective parts above good ones."""
+    _parts(tmp_path / "data" / "good", 48, seed=0)
+    art = load_artifact(_train(tmp_path, "bf16"))
+    assert art.meta.training["precision"] == "bf16"
+    sg, sd = _generated_scores(art, tmp_path)
+    assert evaluate.auroc(sg, sd) >= 0.9, (sg, sd)
 
 
 def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path, tmp_path: Path) -> None:
     """Trained on good parts only, the default family scores generated defective parts above good ones."""
     art = load_artifact(draem_model)
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
-    good = _parts(tmp_path / "good", 16, seed=1)
-    bad = _paint_defects(_parts(tmp_path / "bad", 16, seed=2), seed=3)
-    sg = score_artifact(art, good, torch.device("cpu")).scores["score"]
-    sd = score_artifact(art, bad, torch.device("cpu")).scores["score"]
+    assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
+    assert art.meta.training["precision"] == "fp32"
+    sg, sd = _generated_scores(art, tmp_path)
     assert evaluate.auroc(sg, sd) >= 0.95, (sg, sd)
     assert np.mean(sd >= art.meta.threshold.value) >= 0.75, (sd, art.meta.threshold.value)
 
@@ -181,6 +241,18 @@ def test_draem_heatmaps_are_the_map_and_the_repair_is_shown(draem_model: Path) -
     assert scored.errors is not None and scored.recon is not None
     assert scored.errors.shape == (2, SIZE, SIZE) and scored.recon.shape == (2, SIZE, SIZE)
     assert np.allclose(scored.errors.max(axis=(1, 2)), scored.scores["score"], atol=1e-5)
+
+
+def test_views_can_be_set_on_a_trained_model(draem_model: Path, tmp_path: Path) -> None:
+    """hparams.views edited in model.json loads the same weights as a two-view model (docs/training.md)."""
+    model = Path(shutil.copytree(draem_model, tmp_path / "m"))
+    meta = json.loads((model / "model.json").read_text())
+    meta["hparams"]["views"] = 2
+    (model / "model.json").write_text(json.dumps(meta))
+    one, two = load_artifact(draem_model).module, load_artifact(model).module
+    x = torch.rand(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(two(x), (one(x) + one(x.flip(3)).flip(3)) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_artifact_output_must_fit_family_and_reduction(draem_model: Path, tmp_path: Path) -> None:
@@ -210,6 +282,7 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
     meta = json.loads((model / "model.json").read_text())
     assert meta["family"] == "draem" and meta["output"] == ANOMALY_MAP and meta["score"]["reduction"] == "map_max"
     assert len(meta["data"]["held_out_files"]) == meta["data"]["held_out_count"] == 1
+    assert meta["training"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")  # auto
     assert main(["score", str(bad), "--model", str(model), "--heatmap", str(tmp_path / "heat"), "--quiet"]) == 0
     assert len(list((tmp_path / "heat").glob("*_heatmap.png"))) == 4
     assert main(["evaluate", "--model", str(model), "--good", str(good), "--defect", str(bad), "--report",

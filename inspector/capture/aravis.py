@@ -180,7 +180,9 @@ class AravisCamera:
         try:
             status, frame_id = buffer.get_status(), buffer.get_frame_id()
             if status != self._aravis.BufferStatus.SUCCESS:
-                part_id = None if frame_id in self._recent_ids else frame_id  # stale: the id is not this frame's
+                # unknown: 0 (GigE Vision block ids run 1..65535, so the leader was lost; a USB3 Vision camera's
+                # very first frame, if lost, is reported without id too) or repeated (stale, not this frame's)
+                part_id = None if frame_id == 0 or frame_id in self._recent_ids else frame_id
                 self._recent_ids.append(frame_id)
                 self._incomplete(status.value_nick, part_id)
                 raise FrameLost(f"{self.name}: frame {part_id} arrived {status.value_nick}", part_id)

@@ -1,0 +1,21 @@
+"""Device and arithmetic choice: auto picks what the hardware computes fast, names are honoured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inspector.device import native_bf16, resolve_device, resolve_dtype
+
+
+def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native() -> None:
+    """auto means bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), fp32 on any other CPU."""
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert resolve_dtype("fp32", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_unknown_device_is_refused() -> None:
+    """A device name inspector cannot use is a clear error, not a crash later."""
+    with pytest.raises(ValueError, match="unknown device|unsupported device"):
+        resolve_device("tpu")
