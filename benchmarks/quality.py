@@ -73,10 +73,11 @@ def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray
 
 
 def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int, height: int, width: int,
-                      batch: int = 8, seconds: float = 5.0) -> float:
+                      batch: int = 8, seconds: float = 5.0, output: str = "anomaly_map") -> float:
     """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript, in the
-    arithmetic its default `precision = "auto"` picks: bf16 where the CPU computes it natively, else fp32)."""
-    dtype = resolve_dtype("auto", torch.device("cpu"))
+    arithmetic its default `precision = "auto"` picks for the model's output: bf16 for an anomaly map where the
+    CPU computes it natively, else fp32)."""
+    dtype = resolve_dtype("auto", torch.device("cpu"), output)
     x = torch.rand(batch, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
     module = copy.deepcopy(module).eval().to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = trace(module, x, None)
@@ -130,7 +131,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate
     row["pixel_auroc"] = pixel_auroc(root, defect.paths, sg_all.errors, sd_all.errors, spec.height, spec.width)
     row["frames_per_s"] = round(frames_per_second(art.module, art.reduction(), spec.channels, spec.height,
-                                                  spec.width), 1)
+                                                  spec.width, output=art.meta.output), 1)
     return row
 
 

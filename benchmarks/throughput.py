@@ -43,7 +43,7 @@ def bare_forward(model_dir: Path, batch: int, device_name: str, precision: str, 
     module the daemon runs."""
     art = load_artifact(model_dir)
     device = resolve_device(device_name)
-    dtype = resolve_dtype(precision, device)
+    dtype = resolve_dtype(precision, device, art.meta.output)
     model = art.module.to(device=device, dtype=dtype).eval()
     spec = art.meta.input
     x = torch.rand(batch, spec.channels, spec.height, spec.width, device=device, dtype=dtype)

@@ -59,7 +59,6 @@ class Service:
         self._model_of: dict[str, tuple[float, str]] = {}  # camera -> (threshold, model label)
         self._groups: dict[str, list[str]] = {}  # worker name -> its cameras' ids
         self._device: Any = None
-        self._dtype: Any = None
         self.archive: Any = None  # the reject archive, when configured
         self._window = {"verdicts": 0, "rejects": 0}  # counted by the publisher thread for STATUS=
 
@@ -143,7 +142,6 @@ class Service:
             self._device = resolve_device(cfg.worker.device)
         except ValueError as exc:
             raise UsageError(f"worker.device: {exc}") from None
-        self._dtype = resolve_dtype(cfg.worker.precision, self._device)
         if cfg.worker.threads:
             import torch
 
@@ -168,11 +166,12 @@ class Service:
         """The artifact's model on the worker device with its reduction and threshold, warmed up."""
         cfg = self.config
         reduction, threshold, name = self._scoring_for(artifact, scoring or cfg.scoring)
-        scorer = Scorer(artifact, reduction, threshold, self._device, self._dtype, cfg.worker.max_batch,
+        dtype = resolve_dtype(cfg.worker.precision, self._device, artifact.meta.output)
+        scorer = Scorer(artifact, reduction, threshold, self._device, dtype, cfg.worker.max_batch,
                         cfg.worker.jit, self._log)
         t0 = time.perf_counter()
         scorer.warm_up((cfg.worker.max_batch, 1))
-        self._log.info("model warmed up", model=artifact.label, device=str(self._device), dtype=str(self._dtype),
+        self._log.info("model warmed up", model=artifact.label, device=str(self._device), dtype=str(dtype),
                        torchscript=scorer.traced, threshold=threshold, reduction=name,
                        seconds=round(time.perf_counter() - t0, 3))
         scorer.reduction_name = name

@@ -90,7 +90,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor, log: Any) -> torch.nn.M
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in PyTorch 2.x
             traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-            torch.testing.assert_close(traced(example), model(example), rtol=1e-3, atol=1e-3)
+            tol = 2e-2 if example.dtype == torch.bfloat16 else 1e-3  # bf16 keeps 8 bits: fused ops round otherwise
+            torch.testing.assert_close(traced(example), model(example), rtol=tol, atol=tol)
         return traced
     except Exception as exc:  # an unusual model family: eager still works
         if log is not None:

@@ -8,11 +8,15 @@ import torch
 from inspector.device import native_bf16, resolve_device, resolve_dtype
 
 
-def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native() -> None:
-    """auto means bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), fp32 on any other CPU."""
+def test_auto_precision_on_the_cpu_is_bf16_only_for_anomaly_maps_where_it_is_native() -> None:
+    """auto means bf16 for an anomaly-map model on a CPU with native bf16 (AVX512-BF16 or AMX), fp32 on any
+    other CPU and for reconstruction models (whose scores bf16 moves too much); names are honoured."""
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
-    assert resolve_dtype("fp32", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, "anomaly_map") == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert resolve_dtype("auto", cpu, "reconstruction") == torch.float32
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("fp32", cpu, "anomaly_map") == torch.float32
+    assert resolve_dtype("bf16", cpu, "reconstruction") == torch.bfloat16
 
 
 def test_unknown_device_is_refused() -> None:

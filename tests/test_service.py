@@ -354,6 +354,32 @@ def test_torchscript_and_eager_give_the_same_scores(tmp_path: Path) -> None:
         np.testing.assert_allclose(traced, eager, rtol=1e-4, atol=1e-7)
 
 
+def test_the_demo_model_traces_in_bf16_with_scores_near_fp32() -> None:
+    """In bf16 (worker.precision = "bf16") the shipped demo model is still traced, not left eager by the trace
+    check, and its scores stay within 5% of fp32's; "auto" keeps this reconstruction model in fp32."""
+    import torch
+
+    from inspector.artifact import load_artifact
+    from inspector.device import resolve_dtype
+    from inspector.synth import PartRenderer
+    from inspector.worker import Scorer
+
+    art = load_artifact(Path(__file__).resolve().parents[1] / "models" / "demo")
+    spec = art.meta.input
+    renderer = PartRenderer(width=spec.width, height=spec.height, seed=7, defect_rate=0.5)
+    images = [renderer.render().image for _ in range(8)]
+    scores = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        scorer = Scorer(load_artifact(art.path), art.reduction(), art.meta.threshold.value, torch.device("cpu"),
+                        dtype, 8, jit=True)
+        assert scorer.traced, dtype
+        for i, image in enumerate(images):
+            scorer.host_np[i] = image
+        scores[dtype] = np.array(scorer.scores(8))
+    np.testing.assert_allclose(scores[torch.bfloat16], scores[torch.float32], rtol=0.05)
+    assert resolve_dtype("auto", torch.device("cpu"), art.meta.output) == torch.float32
+
+
 def test_missing_opencv_backend_is_named() -> None:
     """A back-end this OpenCV build lacks (GStreamer in the pip wheels) gives an error that says so."""
     import cv2
