@@ -74,6 +74,7 @@ def test_artifact_describes_the_training(trained: dict[str, Path]) -> None:
     assert meta.data["folder"].endswith("good")  # DIR/good was used
     assert meta.training["settings"]["epochs"] == 25 and meta.training["best_epoch"] >= 1
     assert meta.training["history"][-1]["val_loss"] > 0
+    assert meta.training["settings"]["precision"] == "auto" and meta.training["precision"] == "fp32"  # an AE
 
 
 def test_defective_scores_above_and_good_below_the_threshold(trained: dict[str, Path]) -> None:
