@@ -15,7 +15,6 @@ The images are read where they are; nothing is copied.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,13 +23,17 @@ from typing import Any
 
 import torch
 
-from inspector import calibrate, evaluate
-from inspector.dataset import load_folder
-from inspector.device import resolve_device
-from inspector.inference import run
-from inspector.model import output_kind
-from inspector.scoring import REDUCTIONS, make_reduction, reduction_output
-from inspector.train import DEFAULT_REDUCTIONS, TrainSettings, fit, load_split
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import check_layout, write_json  # noqa: E402
+from inspector import calibrate, evaluate  # noqa: E402
+from inspector.dataset import load_folder  # noqa: E402
+from inspector.device import resolve_device  # noqa: E402
+from inspector.inference import run  # noqa: E402
+from inspector.model import output_kind  # noqa: E402
+from inspector.scoring import REDUCTIONS, make_reduction, reduction_output  # noqa: E402
+from inspector.train import DEFAULT_REDUCTIONS, TrainSettings, fit, load_split  # noqa: E402
 
 RATE = 0.01
 
@@ -107,17 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                              channels=args.channels if args.channels == "auto" else int(args.channels))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, recipe {settings.model_dump_json()}",
           file=sys.stderr)
+    check_layout(p, args.datasets)
     results = []
     for root in args.datasets:
-        for sub in ("train/good", "test/good", "test/defect"):
-            if not (root / sub).is_dir():
-                p.error(f"{root}: no {sub}/ folder")
         results.append(bench(root, settings, args.keep))
         print(table(results[-1:]), file=sys.stderr)
     print(table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return 0
 
 

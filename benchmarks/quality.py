@@ -172,6 +172,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_layout(parser: argparse.ArgumentParser, roots: list[Path]) -> None:
+    """Exit with a usage error unless every data set folder has train/good, test/good and test/defect."""
+    for root in roots:
+        for sub in ("train/good", "test/good", "test/defect"):
+            if not (root / sub).is_dir():
+                parser.error(f"{root}: no {sub}/ folder")
+
+
+def write_json(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    """The result rows as JSON at `path` (folders made), when a path is given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every data set, print the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -186,11 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, choices=sorted(VIEWS), help="evaluate draem models with this many views")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    check_layout(p, args.datasets)
     rows = []
     for root in args.datasets:
-        for sub in ("train/good", "test/good", "test/defect"):
-            if not (root / sub).is_dir():
-                p.error(f"{root}: no {sub}/ folder")
         if args.trained:
             out = args.trained / root.name
         else:
@@ -199,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.json, rows)
     return 0
 
 

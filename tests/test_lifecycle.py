@@ -50,6 +50,14 @@ def read_until(sock: zmq.Socket, seconds: float) -> list[tuple[str, dict]]:
     return out
 
 
+def terminate(proc: subprocess.Popen, sock: zmq.Socket) -> list[tuple[str, dict]]:
+    """SIGTERM the daemon, collect what its shutdown drains for 3 s, and check that it exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    msgs = read_until(sock, 3.0)
+    assert proc.wait(20) == 0
+    return msgs
+
+
 def test_sigterm_drains_publishes_everything_and_exits_0(tmp_path: Path) -> None:
     model = make_model(tmp_path / "m")
     cfg = config(tmp_path, model)
@@ -58,9 +66,7 @@ def test_sigterm_drains_publishes_everything_and_exits_0(tmp_path: Path) -> None
     try:
         msgs = read_until(sub, 3.0)
         assert any(t != "heartbeat" for t, _ in msgs), proc.stderr.read() if proc.poll() is not None else ""
-        proc.send_signal(signal.SIGTERM)
-        msgs += read_until(sub, 3.0)
-        assert proc.wait(20) == 0
+        msgs += terminate(proc, sub)
     finally:
         proc.kill()
         sub.close()

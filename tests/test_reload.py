@@ -17,7 +17,7 @@ from inspector.sdnotify import Notifier
 from inspector.service import Service
 
 from .conftest import make_model
-from .test_lifecycle import config, read_until, start, subscriber
+from .test_lifecycle import config, read_until, start, subscriber, terminate
 
 
 def notifications(sock: socket.socket) -> list[str]:
@@ -54,9 +54,7 @@ def test_sighup_swaps_the_model_without_losing_a_frame_and_a_bad_reload_changes_
         config(tmp_path, tmp_path / "missing", fps=100)
         proc.send_signal(signal.SIGHUP)
         msgs += read_until(sub, 1.5)
-        proc.send_signal(signal.SIGTERM)
-        msgs += read_until(sub, 3.0)
-        assert proc.wait(20) == 0
+        msgs += terminate(proc, sub)
     finally:
         proc.kill()
         sub.close()
