@@ -73,6 +73,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
                    help="false-reject rate the threshold aims for on held-out good images (default 0.01)")
     p.add_argument("--no-augment", action="store_true", help="train without shifts and brightness jitter")
+    p.add_argument("--flip", action="store_true", help="also mirror training images at random")
+    p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",
+                   help="draem trains on random crops of this share of each side (default 0.5; 1: whole images)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="training arithmetic: auto (bf16 mixed precision for draem where the device computes it "
                         "natively, else fp32), fp32 or bf16")
@@ -150,6 +153,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="arithmetic of the forward pass; set it as the daemon's worker.precision is set, so that "
+                        "scores and thresholds are the daemon's (default auto, the daemon's default)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -290,8 +296,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             hparams=_parse_hparams(args.hparam), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
-            augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(),
-            precision=args.precision,
+            augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
+            crop=args.crop, precision=args.precision,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -378,7 +384,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         data = _load(folder, option, artifact, args.quiet)
         return score_artifact(artifact, data.images, device, args.batch_size,
-                              progress=None if args.quiet else "scoring").scores["score"]
+                              progress=None if args.quiet else "scoring", precision=args.precision).scores["score"]
 
     good = scores(args.good, "--good") if args.good is not None else None
     defect = scores(args.defect, "--defect") if args.defect is not None else None
@@ -400,6 +406,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     sources = {k: str(v) for k, v in (("good", args.good), ("defect", args.defect), ("unlabelled", args.unlabelled))
                if v is not None}
     spec.details.update(sources=sources, calibrated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if method != "manual":
+        from .device import resolve_dtype
+
+        spec.details["arithmetic"] = str(resolve_dtype(args.precision, device, artifact.meta.output)).removeprefix(
+            "torch.")
     stats_from = good if good is not None else (
         unlabelled[unlabelled < spec.value] if unlabelled is not None else None)
     stats = (calibrate.good_stats(stats_from) if stats_from is not None and len(stats_from)
@@ -451,8 +462,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     good_set = _load(args.good, "--good", artifact, args.quiet)
     defect_set = _load(args.defect, "--defect", artifact, args.quiet)
     progress = None if args.quiet else "scoring"
-    good = score_artifact(artifact, good_set.images, device, args.batch_size, progress=progress).scores["score"]
-    defect = score_artifact(artifact, defect_set.images, device, args.batch_size, progress=progress).scores["score"]
+    good = score_artifact(artifact, good_set.images, device, args.batch_size, progress=progress,
+                          precision=args.precision).scores["score"]
+    defect = score_artifact(artifact, defect_set.images, device, args.batch_size, progress=progress,
+                            precision=args.precision).scores["score"]
     meta = artifact.meta
     threshold = meta.threshold.value
     try:
@@ -469,7 +482,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for title, data, idx, sc in groups:
         if len(idx) == 0:
             continue
-        maps = score_artifact(artifact, data.images[idx], device, args.batch_size, keep_maps=True)
+        maps = score_artifact(artifact, data.images[idx], device, args.batch_size, keep_maps=True,
+                              precision=args.precision)
         assert maps.recon is not None and maps.errors is not None
         label = "good" if data is good_set else "defect"
         for j, i in enumerate(idx):
@@ -546,7 +560,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if len(data) == 0:
         raise UsageError(f"none of the {len(paths)} file(s) could be read as an image")
     _report_loaded(data, "images", spec.width, spec.height)
-    scored = score_artifact(artifact, data.images, device, args.batch_size, keep_maps=args.heatmap is not None)
+    scored = score_artifact(artifact, data.images, device, args.batch_size, keep_maps=args.heatmap is not None,
+                            precision=args.precision)
     scores = scored.scores["score"]
     threshold = artifact.meta.threshold.value
     vmax = heat_scale(artifact.meta.score.reduction, threshold)

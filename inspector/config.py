@@ -170,7 +170,9 @@ class WorkerConfig(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on CUDA; on the CPU bf16 for anomaly-map models (draem) where the CPU "
                             "computes it natively (AVX512-BF16 or AMX: 1.5-2x fp32's speed, scores within about 1% "
-                            "of fp32's), else fp32 (reconstruction scores moved by up to 3% in bf16)."
+                            "of fp32's), else fp32 (reconstruction scores moved by up to 3% in bf16). `inspector "
+                            "train` and `calibrate` set thresholds in auto's arithmetic; with another value, re-run "
+                            "`inspector calibrate --precision` with it."
     )
     max_batch: int = Field(8, ge=1, le=1024, description="Most frames run through the model at once.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for a batch to fill after its first frame.")

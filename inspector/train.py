@@ -27,7 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
-from .device import native_bf16, resolve_device
+from .device import native_bf16, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, output_kind
 from .progress import Progress
@@ -57,6 +57,7 @@ class Augment(BaseModel):
     shift: float = Field(0.03, ge=0, le=0.25, description="Largest shift, as a fraction of width/height.")
     brightness: float = Field(0.05, ge=0, le=0.5, description="Largest brightness offset (pixel scale 0..1).")
     contrast: float = Field(0.10, ge=0, le=0.5, description="Largest relative contrast change.")
+    flip: bool = Field(False, description="Mirror each image left-right and up-down at random.")
 
 
 class TrainSettings(BaseModel):
@@ -199,6 +200,10 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor
         dx = torch.randint(-sx, sx + 1, (b,), generator=gen).tolist()
         padded = F.pad(x, (sx, sx, sy, sy), mode="reflect")  # (B, C, H + 2sy, W + 2sx)
         x = torch.stack([padded[i, :, sy + dy[i]:sy + dy[i] + h, sx + dx[i]:sx + dx[i] + w] for i in range(b)])
+    if cfg.flip:
+        for dim in (2, 3):
+            mirror = (torch.rand(b, generator=gen) < 0.5).to(x.device).view(b, 1, 1, 1)
+            x = torch.where(mirror, x.flip(dim), x)
     contrast = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * cfg.contrast
     brightness = (torch.rand(b, generator=gen) * 2 - 1) * cfg.brightness
     contrast = contrast.to(x.device).view(b, 1, 1, 1)
@@ -308,9 +313,12 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     train_seconds = time.monotonic() - started
     reduction = reduction_for(settings)
     reduce = make_reduction(reduction, settings.reduction_params)
-    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size).scores["score"]
+    dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
+    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
+                     output=output_kind(settings.family), dtype=dtype).scores["score"]
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
     threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
+    threshold.details["arithmetic"] = str(dtype).removeprefix("torch.")
     meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
         "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
         "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch, "best_val_loss": best_loss,

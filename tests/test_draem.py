@@ -289,3 +289,46 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
                  str(tmp_path / "report"), "--quiet"]) == 0
     assert (tmp_path / "report" / "report.html").is_file()
     capsys.readouterr()
+
+
+def test_cli_flip_and_crop_are_recorded_and_a_bad_crop_is_refused(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`--flip` and `--crop` reach the training settings in model.json; a crop outside (0, 1] is a usage error
+    that names the setting, before any image is read."""
+    from inspector.cli import EXIT_USAGE, main
+
+    good = tmp_path / "good"
+    _parts(good, 8, seed=7)
+    hp = [arg for kv in HP.items() for arg in ("--hparam", f"{kv[0]}={kv[1]}")]
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "1", "--batch-size",
+                 "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1", *hp]) == 0
+    settings = json.loads((model / "model.json").read_text())["training"]["settings"]
+    assert settings["augment"]["flip"] is True and settings["crop"] == 1.0
+    capsys.readouterr()
+    args = ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m2"), "--crop", "0"]
+    assert main(args) == EXIT_USAGE
+    assert "crop" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_offline_scores_are_the_daemons_in_the_same_arithmetic(draem_model: Path, tmp_path: Path,
+                                                               precision: str) -> None:
+    """`score_artifact` (calibrate, evaluate, score) in a given precision gives the scores the daemon's worker gives
+    in it, leaves the model itself in fp32, and training records the arithmetic its threshold was set in."""
+    from inspector.device import resolve_dtype
+    from inspector.worker import Scorer
+
+    art = load_artifact(draem_model)
+    images = _paint_defects(_parts(tmp_path / "p", 8, seed=11), seed=12)
+    cpu = torch.device("cpu")
+    dtype = resolve_dtype(precision, cpu, ANOMALY_MAP)
+    offline = score_artifact(art, images, cpu, precision=precision).scores["score"]
+    assert all(p.dtype == torch.float32 for p in art.module.parameters())
+    worker = Scorer(load_artifact(draem_model), make_reduction("map_max"), 0.5, cpu, dtype, max_batch=8)
+    worker.host_np[:] = images
+    np.testing.assert_allclose(offline, worker.scores(8), atol=2e-3 if precision == "bf16" else 1e-5)
+    if precision == "bf16":  # and not the fp32 scores: the arithmetic does reach the forward pass
+        assert np.abs(offline - score_artifact(art, images, cpu, precision="fp32").scores["score"]).max() > 0
+    auto = str(resolve_dtype("auto", cpu, ANOMALY_MAP)).removeprefix("torch.")
+    assert art.meta.threshold.details["arithmetic"] == auto

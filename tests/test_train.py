@@ -259,6 +259,22 @@ def test_augment_keeps_shape_range_and_is_seeded() -> None:
     assert torch.equal(a, b) and not torch.equal(a, x)
 
 
+def test_augment_flip_mirrors_whole_images_in_all_four_ways() -> None:
+    """With `flip` and no other jitter each image comes back as itself or one of its three mirror images,
+    and over a batch all four occur."""
+    x = to_tensor(np.random.default_rng(0).integers(0, 256, (64, 8, 12), dtype=np.uint8), torch.device("cpu"))
+    out = augment(x, Augment(shift=0, brightness=0, contrast=0, flip=True), torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(len(x)):
+        kinds = [dims for dims in ((), (2,), (1,), (1, 2))
+                 if torch.allclose(out[i], x[i].flip(dims) if dims else x[i], atol=1e-6)]
+        assert len(kinds) == 1, f"image {i} is not a mirror image of its input"
+        seen.add(kinds[0])
+    assert seen == {(), (2,), (1,), (1, 2)}
+    still = augment(x, Augment(shift=0, brightness=0, contrast=0), torch.Generator().manual_seed(0))
+    assert torch.allclose(still, x, atol=1e-6)  # no flips unless asked
+
+
 def test_progress_prints_about_every_tenth_off_a_terminal() -> None:
     """Off a terminal the bar writes a line per ~10% of the work, never more."""
     stream = io.StringIO()
@@ -279,6 +295,6 @@ def test_train_and_score_on_cuda(tmp_path: Path) -> None:
     result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
     assert result.artifact.meta.training["device"].startswith("cuda")
     images = dataset.load_folder(tmp_path / "data", SIZE, SIZE, 1).images
-    gpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cuda")).scores["score"]
-    cpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cpu")).scores["score"]
+    gpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cuda"), precision="fp32").scores["score"]
+    cpu = score_artifact(load_artifact(tmp_path / "m"), images, torch.device("cpu"), precision="fp32").scores["score"]
     np.testing.assert_allclose(gpu, cpu, rtol=2e-2, atol=1e-5)  # TF32 convolutions on CUDA
