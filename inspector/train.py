@@ -248,11 +248,15 @@ def _val_loss(model: nn.Module, val: torch.Tensor, batch_size: int, family: str)
     return total / len(val)
 
 
-def _lr(settings: TrainSettings, done: float, elapsed: float) -> float:
-    """Cosine decay over the run: over the epochs, or over the time budget if that comes first."""
-    budget = settings.max_minutes * 60 if settings.max_minutes else math.inf
-    progress = min(1.0, max(done, elapsed / budget))
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+def _lr(settings: TrainSettings, progress: float) -> float:
+    """Cosine decay from the learning rate to 0 as `progress` goes from 0 to 1."""
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _budget_binds(settings: TrainSettings, first_epoch_seconds: float, seconds_left: float) -> bool:
+    """Whether, at the first epoch's pace, the time budget ends training before the last epoch. Only then does
+    the clock enter the learning-rate schedule, so that a run that fits its budget stays deterministic."""
+    return 1.0 + seconds_left / max(first_epoch_seconds, 1e-9) < settings.epochs
 
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False) -> TrainResult:
@@ -278,6 +282,8 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict[str, float]] = []
         stopped, epochs_run = "epochs", 0.0
+        clocked = False  # the schedule also follows the clock (_budget_binds), decided after the first epoch
+        budget = settings.max_minutes * 60 if settings.max_minutes else math.inf
         with Progress(settings.epochs * steps, "training", enabled=progress) as bar:
             for epoch in range(1, settings.epochs + 1):
                 model.train()
@@ -285,7 +291,10 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                 for idx in _batches(n, settings.batch_size, gen):
                     x = augment(train_u8[idx.to(device)].float().div_(255.0), settings.augment, gen)
                     if maps:  # cosine learning-rate decay (the autoencoders keep a constant rate)
-                        lr = _lr(settings, (epoch - 1 + done / steps) / settings.epochs, time.monotonic() - started)
+                        progress = (epoch - 1 + done / steps) / settings.epochs
+                        if clocked:  # the budget binds: the decay ends at the deadline
+                            progress = max(progress, (time.monotonic() - started) / budget)
+                        lr = _lr(settings, progress)
                         for group in opt.param_groups:
                             group["lr"] = lr
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
@@ -302,6 +311,9 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                         break
                 val = _val_loss(model, val_u8, settings.batch_size, settings.family)
                 epochs_run += done / steps
+                if epoch == 1 and math.isfinite(deadline):
+                    now = time.monotonic()
+                    clocked = _budget_binds(settings, now - started, deadline - now)
                 history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val})
                 if val < best_loss:
                     best_loss, best_epoch = val, epoch
@@ -321,7 +333,8 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     threshold.details["arithmetic"] = str(dtype).removeprefix("torch.")
     meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
         "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
-        "epochs_run": round(epochs_run, 3), "best_epoch": best_epoch, "best_val_loss": best_loss,
+        "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
         "stopped_by": stopped, "history": history,
     })
     artifact = save_artifact(out, model, meta)
@@ -354,6 +367,6 @@ def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduct
         "training": {
             "settings": settings.model_dump(mode="json"),
             "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
-            "deterministic": outcome["stopped_by"] != "time budget", **outcome,
+            "deterministic": outcome["stopped_by"] != "time budget" and not outcome["clocked_schedule"], **outcome,
         },
     }

@@ -332,3 +332,15 @@ def test_offline_scores_are_the_daemons_in_the_same_arithmetic(draem_model: Path
         assert np.abs(offline - score_artifact(art, images, cpu, precision="fp32").scores["score"]).max() > 0
     auto = str(resolve_dtype("auto", cpu, ANOMALY_MAP)).removeprefix("torch.")
     assert art.meta.threshold.details["arithmetic"] == auto
+
+
+def test_draem_training_within_its_time_budget_is_deterministic(tmp_path: Path) -> None:
+    """With the default time budget, which this run does not reach, two trainings give identical weights: the
+    clock enters the learning-rate schedule only when the budget binds (it did at every step before)."""
+    _parts(tmp_path / "data" / "good", 12, seed=13)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=3, batch_size=4, device="cpu",
+                             val_fraction=0.25)
+    a = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "a").artifact.meta
+    b = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "b").artifact.meta
+    assert a.training["clocked_schedule"] is False and a.training["deterministic"] is True
+    assert a.weights_sha256 == b.weights_sha256
