@@ -138,7 +138,10 @@ def test_each_drop_in_verifies_with_the_unit_and_keeps_exposure_at_most_2(tmp_pa
     nothing, and the exposure stays at 2.0 or lower."""
     copy = _runnable_copy(tmp_path)
     (tmp_path / "inspector.service.d").mkdir()
-    (tmp_path / "inspector.service.d" / drop_in).write_text((DROP_INS / drop_in).read_text(encoding="utf-8"))
+    (tmp_path / "inspector.service.d").chmod(0o755)
+    conf = tmp_path / "inspector.service.d" / drop_in
+    conf.write_text((DROP_INS / drop_in).read_text(encoding="utf-8"))
+    conf.chmod(0o644)  # as installed, whatever the process umask is at this moment (as in _runnable_copy)
     env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
     assert ANALYZE is not None
     verify = subprocess.run([ANALYZE, "verify", "--man=no", copy.name], capture_output=True, text=True,
