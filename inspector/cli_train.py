@@ -407,10 +407,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                if v is not None}
     spec.details.update(sources=sources, calibrated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if method != "manual":
-        from .device import resolve_dtype
+        from .device import precision_name, resolve_dtype
 
-        spec.details["arithmetic"] = str(resolve_dtype(args.precision, device, artifact.meta.output)).removeprefix(
-            "torch.")
+        spec.details["arithmetic"] = precision_name(resolve_dtype(args.precision, device, artifact.meta.output))
     stats_from = good if good is not None else (
         unlabelled[unlabelled < spec.value] if unlabelled is not None else None)
     stats = (calibrate.good_stats(stats_from) if stats_from is not None and len(stats_from)

@@ -25,6 +25,9 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bfloat16 convolutions natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
     if device.type == "cuda":
@@ -41,4 +44,9 @@ def resolve_dtype(precision: str, device: torch.device, output: str = "reconstru
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if output == "anomaly_map" and native_bf16(device) else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return DTYPES[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The precision name of a dtype, as options and model.json spell it: fp32, fp16 or bf16."""
+    return next(name for name, d in DTYPES.items() if d == dtype)

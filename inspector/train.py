@@ -27,7 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
-from .device import native_bf16, resolve_device, resolve_dtype
+from .device import native_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, output_kind
 from .progress import Progress
@@ -330,7 +330,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                      output=output_kind(settings.family), dtype=dtype).scores["score"]
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
     threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
-    threshold.details["arithmetic"] = str(dtype).removeprefix("torch.")
+    threshold.details["arithmetic"] = precision_name(dtype)
     meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
         "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
         "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,

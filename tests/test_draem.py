@@ -330,7 +330,7 @@ def test_offline_scores_are_the_daemons_in_the_same_arithmetic(draem_model: Path
     np.testing.assert_allclose(offline, worker.scores(8), atol=2e-3 if precision == "bf16" else 1e-5)
     if precision == "bf16":  # and not the fp32 scores: the arithmetic does reach the forward pass
         assert np.abs(offline - score_artifact(art, images, cpu, precision="fp32").scores["score"]).max() > 0
-    auto = str(resolve_dtype("auto", cpu, ANOMALY_MAP)).removeprefix("torch.")
+    auto = "bf16" if native_bf16(cpu) else "fp32"
     assert art.meta.threshold.details["arithmetic"] == auto
 
 
