@@ -174,7 +174,9 @@ class WorkerConfig(Section):
                             "train` and `calibrate` set thresholds in auto's arithmetic; with another value, re-run "
                             "`inspector calibrate --precision` with it."
     )
-    max_batch: int = Field(8, ge=1, le=1024, description="Most frames run through the model at once.")
+    max_batch: int = Field(
+        8, ge=1, le=1024, description="Most frames run through the model at once (on CUDA with `jit`, a batch is "
+                                      "padded up to a power of two or max_batch, each size compiled at start-up).")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for a batch to fill after its first frame.")
     deadline_ms: float = Field(
         1000.0, gt=0, description="A verdict not publishable within this time of capture becomes the fail-safe one."

@@ -170,7 +170,7 @@ class Service:
         scorer = Scorer(artifact, reduction, threshold, self._device, dtype, cfg.worker.max_batch,
                         cfg.worker.jit, self._log)
         t0 = time.perf_counter()
-        scorer.warm_up((cfg.worker.max_batch, 1))
+        scorer.warm_up()
         self._log.info("model warmed up", model=artifact.label, device=str(self._device), dtype=str(dtype),
                        torchscript=scorer.traced, threshold=threshold, reduction=name,
                        seconds=round(time.perf_counter() - t0, 3))

@@ -41,6 +41,11 @@ class Scorer:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = trace(model, self._example(max_batch), log) if jit else model
         self.traced = self.model is not model
+        self.max_batch = max_batch
+        # TorchScript on CUDA compiles a graph per input shape on first sight (50-250 ms each, measured on an
+        # H100): long enough to overflow a ring. So batches there are padded up to a few fixed sizes, all
+        # compiled by warm_up(); on the CPU a new shape costs a few ms and batches run at their own size.
+        self.buckets = batch_buckets(max_batch) if self.traced and device.type == "cuda" else None
         shape = (max_batch, self.height, self.width) + ((3,) if self.channels == 3 else ())
         pin = device.type == "cuda"
         self.host = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)  # preallocated input staging
@@ -52,8 +57,9 @@ class Scorer:
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
     def scores(self, n: int) -> list[float]:
-        """Score the first n images staged in `host_np`."""
-        x = self.host[:n]
+        """Score the first n images staged in `host_np` (rows n.. may be scored as padding and ignored)."""
+        m = next(b for b in self.buckets if b >= n) if self.buckets else n
+        x = self.host[:m]
         if self.device.type == "cuda":
             x = x.to(self.device, non_blocking=True)
         x = x.to(self.dtype).div_(self.scale)  # (B, H, W[, 3]) in [0, 1]
@@ -64,7 +70,7 @@ class Scorer:
             recon = self.model(x)
             scores = self.reduction(x.float(), recon.float())  # (B,)
         self._last = (x, recon)
-        return scores.tolist()
+        return scores[:n].tolist()
 
     def heatmap(self, i: int) -> np.ndarray:
         """The heatmap of image i of the last batch scored (squared error, or the model's anomaly map): float32
@@ -75,13 +81,19 @@ class Scorer:
             m = heat_map(x[i:i + 1].float(), out[i:i + 1].float(), self.output)[0]  # (H, W)
         return m.cpu().numpy().astype(np.float32, copy=False)
 
-    def warm_up(self, batches: tuple[int, ...]) -> None:
-        """Run the model on blank batches so that the first real frame pays no start-up cost."""
+    def warm_up(self) -> None:
+        """Run the model on blank batches so that the first real frame pays no start-up cost: on CUDA every
+        padded size three times (TorchScript profiles a shape, then optimises it), else max_batch and 1."""
         self.host_np[...] = 0
-        for n in batches:
+        for n in self.buckets * 3 if self.buckets else (self.max_batch, 1):
             self.scores(n)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a padded batch can have: powers of two below max_batch, and max_batch."""
+    return [b for b in (2**i for i in range(max_batch.bit_length())) if b < max_batch] + [max_batch]
 
 
 def trace(model: torch.nn.Module, example: torch.Tensor, log: Any) -> torch.nn.Module:

@@ -229,7 +229,8 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
     assert art.meta.training["precision"] == "fp32"
     sg, sd = _generated_scores(art, tmp_path)
-    assert evaluate.auroc(sg, sd) >= 0.95, (sg, sd)
+    # 0.97-1.0 with 1-16 torch threads here, 0.93 on a 16-core machine with torch 2.11; one epoch gives 0.66
+    assert evaluate.auroc(sg, sd) >= 0.9, (sg, sd)
     assert np.mean(sd >= art.meta.threshold.value) >= 0.75, (sd, art.meta.threshold.value)
 
 
