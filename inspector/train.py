@@ -325,9 +325,10 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     train_seconds = time.monotonic() - started
     reduction = reduction_for(settings)
     reduce = make_reduction(reduction, settings.reduction_params)
-    dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
+    output = output_kind(settings.family)
+    dtype = resolve_dtype("auto", device, output)  # the daemon's default arithmetic
     val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
-                     output=output_kind(settings.family), dtype=dtype).scores["score"]
+                     output=output, dtype=dtype).scores["score"]
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
     threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
     threshold.details["arithmetic"] = precision_name(dtype)
