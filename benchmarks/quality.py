@@ -46,14 +46,16 @@ from inspector.dataset import load_files, load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
 from inspector.model import VIEWS  # noqa: E402
+from inspector.preprocess import Fit, resize  # noqa: E402
 from inspector.scoring import Reduction  # noqa: E402
 from inspector.worker import trace  # noqa: E402
 
 PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column of the maps (plenty of pixels, 4x faster)
 
 
-def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray | None:
-    """The defect mask of a test image at the model's input size (bool (H, W)), or None without ground truth."""
+def ground_truth(root: Path, image: Path, height: int, width: int, fit: Fit = "stretch") -> np.ndarray | None:
+    """The defect mask of a test image at the model's input size, fitted as the images are (bool (H, W)), or
+    None without ground truth."""
     mask_file = root / "ground_truth" / "defect" / f"{image.stem}.png"
     box_file = root / "ground_truth" / "defect_bboxes" / f"{image.stem.removesuffix('_test')}.txt"
     if mask_file.is_file():
@@ -69,7 +71,7 @@ def ground_truth(root: Path, image: Path, height: int, width: int) -> np.ndarray
                 mask[y1:y2 + 1, x1:x2 + 1] = 1.0
     else:
         return None
-    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA) >= 0.5
+    return resize(mask, height, width, fit, interpolation=cv2.INTER_AREA) >= 0.5
 
 
 def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int, height: int, width: int,
@@ -105,11 +107,11 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     if views is not None:
         art.module.flips = VIEWS[views]  # type: ignore[union-attr]
     spec, device = art.meta.input, torch.device("cpu")
-    good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels)
-    defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels)
-    train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels)
+    good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, fit=spec.fit)
+    defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, fit=spec.fit)
+    train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, fit=spec.fit)
     held = [p for p in train_good.paths if p.name in _held_out_names(art)]
-    val = load_files(held, spec.height, spec.width, spec.channels)
+    val = load_files(held, spec.height, spec.width, spec.channels, fit=spec.fit)
     sv = score_artifact(art, val.images, device).scores["score"]
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)
@@ -129,7 +131,8 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
         row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate
-    row["pixel_auroc"] = pixel_auroc(root, defect.paths, sg_all.errors, sd_all.errors, spec.height, spec.width)
+    row["pixel_auroc"] = pixel_auroc(root, defect.paths, sg_all.errors, sd_all.errors, spec.height, spec.width,
+                                     spec.fit)
     row["frames_per_s"] = round(frames_per_second(art.module, art.reduction(), spec.channels, spec.height,
                                                   spec.width, output=art.meta.output), 1)
     return row
@@ -143,11 +146,12 @@ def _held_out_names(art: Artifact) -> set[str]:
 
 
 def pixel_auroc(root: Path, defect_paths: list[Path], good_maps: np.ndarray | None, defect_maps: np.ndarray | None,
-                height: int, width: int) -> float | None:
-    """AUROC of map pixels: defect pixels of the ground truth against every other pixel of the test images."""
+                height: int, width: int, fit: Fit = "stretch") -> float | None:
+    """AUROC of map pixels: defect pixels of the ground truth against every other pixel of the test images (with
+    fit "pad", the reflected margins too, their masks reflected alike)."""
     if good_maps is None or defect_maps is None:
         return None
-    masks = [ground_truth(root, p, height, width) for p in defect_paths]
+    masks = [ground_truth(root, p, height, width, fit) for p in defect_paths]
     if any(m is None for m in masks):
         return None
     s = PIXEL_STRIDE

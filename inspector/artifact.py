@@ -35,6 +35,9 @@ class InputSpec(_Strict):
     channels: Literal[1, 3] = Field(description="1 grayscale, 3 BGR.")
     scale: float = Field(255.0, description="uint8 pixels are divided by this, giving [0, 1].")
     resize: Literal["area"] = Field("area", description="Interpolation used to resize frames to the input size.")
+    fit: Literal["stretch", "pad"] = Field(
+        "stretch", description="A frame of another aspect is stretched to the input size, or (pad) resized to fit "
+                               "inside it with its aspect kept, the margins its reflected edges.")
 
 
 class ScoreSpec(_Strict):

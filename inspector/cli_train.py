@@ -76,6 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--flip", action="store_true", help="also mirror training images at random")
     p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",
                    help="draem trains on random crops of this share of each side (default 0.5; 1: whole images)")
+    p.add_argument("--fit", default="auto", choices=("auto", "stretch", "pad"),
+                   help="images of another aspect than the input's: stretched, padded (aspect kept, margins "
+                        "reflected), or auto (padded when the training images' aspects differ)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="training arithmetic: auto (bf16 mixed precision for draem where the device computes it "
                         "natively, else fp32), fp32 or bf16")
@@ -240,7 +243,7 @@ def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSe
             recursive = True
     spec = artifact.meta.input
     data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet,
-                       recursive=recursive)
+                       recursive=recursive, fit=spec.fit)
     if len(data) == 0:
         skipped = f" ({len(data.skipped)} unreadable)" if data.skipped else ""
         raise UsageError(f"{option} {folder}: no readable images{skipped}")
@@ -252,7 +255,8 @@ def _report_loaded(data: ImageSet, what: str, width: int, height: int) -> None:
     if data.skipped:
         _warn(f"{what}: skipped {len(data.skipped)} unreadable image(s) of {len(data) + len(data.skipped)}")
     if data.resized:
-        _note(f"{what}: resized {data.resized} image(s) to the model input {width}x{height}")
+        how = " (padded, aspect kept)" if data.fit == "pad" else ""
+        _note(f"{what}: resized {data.resized} image(s) to the model input {width}x{height}{how}")
 
 
 def _load_artifact(path: Path) -> Artifact:
@@ -297,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
-            crop=args.crop, precision=args.precision,
+            crop=args.crop, precision=args.precision, fit=args.fit,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -316,6 +320,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if split.note:
         _note(split.note)
     _report_loaded(split.data, f"--data {split.data.folder}", width, height)
+    if settings.fit == "auto" and split.data.fit == "pad":
+        aspects = sorted(w / h for w, h in split.data.sizes)
+        _note(f"--data: the images' aspects (width/height) range from {aspects[0]:.2f} to {aspects[-1]:.2f}, so "
+              "they are padded to the model input, not stretched (--fit stretch to stretch them)")
     for w in split.warnings:
         _warn(w)
     result = fit(split, settings, out, progress=not args.quiet)
@@ -539,6 +547,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .dataset import load_files
     from .images import list_images
     from .inference import heat_scale, score_artifact
+    from .preprocess import unfit
     from .report import overlay
 
     _check_positive(args.batch_size, "--batch-size")
@@ -555,7 +564,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not paths:
         raise UsageError("no images to score")
     spec = artifact.meta.input
-    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False)
+    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False, fit=spec.fit)
     if len(data) == 0:
         raise UsageError(f"none of the {len(paths)} file(s) could be read as an image")
     _report_loaded(data, "images", spec.width, spec.height)
@@ -580,7 +589,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             original = read_image(path)
             base = original if original is not None else data.images[i]
             target = args.heatmap / f"{path.stem}_heatmap.png"
-            cv2.imwrite(str(target), overlay(base, scored.errors[i], vmax))
+            cv2.imwrite(str(target), overlay(base, unfit(scored.errors[i], *base.shape[:2], spec.fit), vmax))
             line += f"  {target}"
         print(line)
     print(f"{len(data)} image(s): {rejects} reject, {len(data) - rejects} accept (threshold {threshold:.6g}, "

@@ -2,8 +2,9 @@
 
 Every image goes through `preprocess.prepare`, the daemon's own preprocessing. Images of any size are
 accepted and resized to the requested input size (so a folder of mixed sizes is fine, and so is a model
-trained at one size scoring images of another); the result reports how many were resized. Unreadable
-files are skipped with a warning and counted, never fatal.
+trained at one size scoring images of another), stretched or padded as `fit` says (with "auto", padded when
+their aspects differ, `preprocess.choose_fit`); the result reports how many were resized and the fit used.
+Unreadable files are skipped with a warning and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from .images import list_images, read_image
-from .preprocess import prepare, to_channels
+from .preprocess import Fit, choose_fit, crop, prepare, to_channels
 from .progress import Progress
 
 Channels = Literal[1, 3, "auto"]
@@ -37,6 +38,7 @@ class ImageSet:
     resized: int = 0  # images whose size differed from the input size
     sizes: set[tuple[int, int]] = field(default_factory=set)  # distinct original (width, height)
     content_hash: str = ""  # sha256 over relative names and bytes of the images read
+    fit: Fit = "stretch"  # how images of another aspect than the input's were fitted to it
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,28 +72,32 @@ def is_gray(image: np.ndarray) -> bool:
 
 def load_folder(folder: Path, height: int, width: int, channels: Channels = "auto",
                 roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
-                progress: bool = False, recursive: bool = False) -> ImageSet:
+                progress: bool = False, recursive: bool = False, fit: Fit | Literal["auto"] = "stretch") -> ImageSet:
     """Read and prepare every image of a folder; raises FileNotFoundError if the folder does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     result = load_files(list_images(folder, recursive=recursive), height, width, channels, roi, warn,
-                        progress, root=folder)
+                        progress, root=folder, fit=fit)
     result.folder = folder
     return result
 
 
 def load_files(paths: Sequence[Path], height: int, width: int, channels: Channels = "auto",
                roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
-               progress: bool = False, root: Path | None = None) -> ImageSet:
+               progress: bool = False, root: Path | None = None,
+               fit: Fit | Literal["auto"] = "stretch") -> ImageSet:
     """Read and prepare image files in the given order, skipping (and counting) unreadable ones.
 
-    channels "auto" gives 1 when every image is grayscale (or colour with equal channels), else 3.
+    channels "auto" gives 1 when every image is grayscale (or colour with equal channels), else 3. fit "auto"
+    prepares each image both ways while reading, and keeps the padded ones when the aspects differ.
     """
     warn = warn or _log.warning
     digest = hashlib.sha256()
     kept: list[Path] = []
-    prepared: list[np.ndarray] = []
+    fits: tuple[Fit, ...] = ("stretch", "pad") if fit == "auto" else (fit,)
+    prepared: dict[Fit, list[np.ndarray]] = {f: [] for f in fits}
+    aspects: set[float] = set()
     gray: list[bool] = []
     skipped: list[Path] = []
     sizes: set[tuple[int, int]] = set()
@@ -106,7 +112,8 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
                 continue
             try:
                 one = is_gray(image) if channels == "auto" else channels == 1
-                out = prepare(image, roi, height, width, 1 if one else 3)
+                out = {f: prepare(image, roi, height, width, 1 if one else 3, fit=f) for f in fits}
+                region = crop(image, roi).shape
             except ValueError as exc:  # region of interest outside this image
                 skipped.append(Path(path))
                 warn(f"skipping image {path}: {exc}")
@@ -118,12 +125,17 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             digest.update(name.encode("utf-8") + b"\0")
             digest.update(Path(path).read_bytes())
             kept.append(Path(path))
-            prepared.append(out)
+            for f in fits:
+                prepared[f].append(out[f])
+            aspects.add(region[1] / region[0])
             gray.append(one)
+    chosen: Fit = choose_fit(aspects) if fit == "auto" else fit
+    kept_images = prepared.pop(chosen)
+    prepared.clear()  # the other fit's copies, when both were made
     n_channels = (1 if all(gray) else 3) if channels == "auto" else int(channels)
     if n_channels == 3:
-        prepared = [to_channels(p, 3) if g else p for p, g in zip(prepared, gray, strict=True)]
+        kept_images = [to_channels(p, 3) if g else p for p, g in zip(kept_images, gray, strict=True)]
     shape = (height, width) if n_channels == 1 else (height, width, 3)
-    images = np.stack(prepared) if prepared else np.zeros((0, *shape), np.uint8)
+    images = np.stack(kept_images) if kept_images else np.zeros((0, *shape), np.uint8)
     return ImageSet(folder=root, paths=kept, images=images, channels=n_channels, skipped=skipped,
-                    resized=int(resized), sizes=sizes, content_hash=digest.hexdigest())
+                    resized=int(resized), sizes=sizes, content_hash=digest.hexdigest(), fit=chosen)

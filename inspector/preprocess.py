@@ -1,9 +1,20 @@
-"""Frame -> model input: region of interest, colour conversion, resize. Shared by the daemon and training."""
+"""Frame -> model input: region of interest, colour conversion, resize. Shared by the daemon and training.
+
+A frame whose aspect differs from the input's is either stretched to the input size, or, with fit "pad",
+resized to fit inside it with its aspect kept and the rest filled by reflecting its edges; the model artifact
+says which (`InputSpec.fit`), so training, calibration and the daemon fit every frame alike.
+"""
 
 from __future__ import annotations
 
+from typing import Iterable, Literal
+
 import cv2
 import numpy as np
+
+Fit = Literal["stretch", "pad"]
+FITS: tuple[Fit, ...] = ("stretch", "pad")
+ASPECT_SPREAD = 1.05  # images whose aspects differ by more than this ratio are fitted with padding by "auto"
 
 
 def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
@@ -36,20 +47,58 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, roi: tuple[int, int, int, int] | None, height: int, width: int, channels: int,
-            out: np.ndarray | None = None) -> np.ndarray:
+            out: np.ndarray | None = None, fit: Fit = "stretch") -> np.ndarray:
     """Crop, convert and resize one image to uint8 (height, width) or (height, width, 3), into `out` if given."""
-    image = to_channels(crop(image, roi), channels)
-    if image.shape[0] == height and image.shape[1] == width:
-        if out is None:
-            return image
-        np.copyto(out, image)
+    return resize(to_channels(crop(image, roi), channels), height, width, fit, out)
+
+
+def resize(image: np.ndarray, height: int, width: int, fit: Fit = "stretch",
+           out: np.ndarray | None = None, interpolation: int | None = None) -> np.ndarray:
+    """An image (any dtype OpenCV resizes) at (height, width): stretched, or with fit "pad" shrunk or grown to
+    fit inside with its aspect kept, centred, the margins its edges reflected. Into `out` if given."""
+    h, w = image.shape[:2]
+    top, left, inner_h, inner_w = inner_box(h, w, height, width, fit)
+    if (inner_h, inner_w) == (h, w):
+        inner = image
+    else:
+        shrinking = h > inner_h or w > inner_w
+        interp = interpolation if interpolation is not None else cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        direct = out is not None and (inner_h, inner_w) == (height, width)
+        inner = cv2.resize(image, (inner_w, inner_h), dst=out if direct else None, interpolation=interp)
+    if (inner_h, inner_w) != (height, width):
+        border = cv2.BORDER_REFLECT_101 if min(inner_h, inner_w) > 1 else cv2.BORDER_REPLICATE
+        return cv2.copyMakeBorder(inner, top, height - inner_h - top, left, width - inner_w - left, border,
+                                  dst=out)
+    if out is not None and inner is not out:
+        np.copyto(out, inner)
         return out
-    shrinking = image.shape[0] > height or image.shape[1] > width
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    if out is None:
-        return cv2.resize(image, (width, height), interpolation=interp)
-    cv2.resize(image, (width, height), dst=out, interpolation=interp)
-    return out
+    return inner
+
+
+def inner_box(h: int, w: int, height: int, width: int, fit: Fit) -> tuple[int, int, int, int]:
+    """Where an (h, w) image lies in the (height, width) input once fitted: (top, left, inner height, width)."""
+    if fit == "stretch":
+        return 0, 0, height, width
+    if fit != "pad":
+        raise ValueError(f"unknown fit {fit!r}; known: {', '.join(FITS)}")
+    k = min(height / h, width / w)
+    inner_h, inner_w = min(height, max(1, round(h * k))), min(width, max(1, round(w * k)))
+    return (height - inner_h) // 2, (width - inner_w) // 2, inner_h, inner_w
+
+
+def unfit(values: np.ndarray, h: int, w: int, fit: Fit) -> np.ndarray:
+    """The part of a map at the input size (an anomaly map, a heatmap) that shows an (h, w) image fitted with
+    `fit`: the whole map when stretched, the inner box without the reflected margins when padded. A view."""
+    top, left, inner_h, inner_w = inner_box(h, w, values.shape[0], values.shape[1], fit)
+    return values[top:top + inner_h, left:left + inner_w]
+
+
+def choose_fit(aspects: Iterable[float]) -> Fit:
+    """The fit "auto" picks from the images' aspects (width / height): pad when they differ (crops of
+    different shapes, whose texture stretching would distort by different amounts), else stretch (one camera,
+    one aspect: every pixel of the input is used)."""
+    values = list(aspects)
+    return "pad" if values and max(values) / min(values) > ASPECT_SPREAD else "stretch"
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

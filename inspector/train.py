@@ -83,6 +83,9 @@ class TrainSettings(BaseModel):
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
+    fit: Literal["auto", "stretch", "pad"] = Field(
+        "auto", description="How images of another aspect than the input's are fitted to it: stretch, pad (aspect "
+                            "kept, margins reflected), or auto (pad when the training images' aspects differ).")
     crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
                                                      "each side (1: whole images).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -148,7 +151,7 @@ def load_split(data: Path, settings: TrainSettings, warn: Callable[[str], None] 
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
     images = load_folder(folder, settings.height, settings.width, settings.channels,  # type: ignore[arg-type]
-                         warn=warn, progress=progress)
+                         warn=warn, progress=progress, fit=settings.fit)
     n = len(images)
     skipped = f" ({len(images.skipped)} unreadable skipped)" if images.skipped else ""
     if n == 0:
@@ -354,7 +357,7 @@ def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduct
         "output": output_kind(settings.family),
         "hparams": hparams,
         "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
-                  "scale": 255.0, "resize": "area"},
+                  "scale": 255.0, "resize": "area", "fit": data.fit},
         "score": {"reduction": reduction, "params": settings.reduction_params},
         "threshold": threshold,
         "calibration": stats,

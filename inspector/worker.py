@@ -15,7 +15,7 @@ from .artifact import Artifact
 from .buffer import FrameRing, collect
 from .config import WorkerConfig
 from .logs import BurstLog
-from .preprocess import prepare
+from .preprocess import crop, prepare, unfit
 from .scoring import Reduction, heat_map
 from .types import ACCEPT, ANOMALY, DEADLINE, ERROR, OK, REJECT, Evidence, Frame, Verdict
 
@@ -29,6 +29,7 @@ class Scorer:
                  dtype: torch.dtype, max_batch: int, jit: bool = False, log: Any = None) -> None:
         spec = artifact.meta.input
         self.height, self.width, self.channels = spec.height, spec.width, spec.channels
+        self.fit = spec.fit
         self.scale = spec.scale
         self.device, self.dtype = device, dtype
         self.reduction, self.threshold = reduction, threshold
@@ -191,7 +192,7 @@ class Worker:
                 continue
             try:
                 prepare(frame.image, self._rois[frame.camera], s.height, s.width, s.channels,
-                        out=s.host_np[len(staged)])
+                        out=s.host_np[len(staged)], fit=s.fit)
             except Exception as exc:  # a frame the preprocessing cannot take (ROI outside it, odd format)
                 self._burst("error", "preprocessing failed", frame.camera, seq=frame.seq, error=str(exc))
                 verdicts.append(self._fail(frame, ERROR))
@@ -217,7 +218,8 @@ class Worker:
             verdict, reason = (REJECT, ANOMALY) if bad else (ACCEPT, OK)
             evidence = None
             if self._wants is not None and self._wants(verdict, reason, frame.camera):
-                evidence = Evidence(frame.image, s.heatmap(i))
+                h, w = crop(frame.image, self._rois[frame.camera]).shape[:2]
+                evidence = Evidence(frame.image, unfit(s.heatmap(i), h, w, s.fit))  # the map of what was seen
             verdicts.append(Verdict(frame.camera, frame.seq, frame.part_id, frame.t_capture, frame.wall_time,
                                     verdict, reason, score, thr, s.label, frame.label, evidence, frame.camera_time))
         return verdicts

@@ -8,8 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from inspector.artifact import load_artifact
 from inspector.cli import main
+from inspector.dataset import load_files
+from inspector.heatmap import heat_scale, overlay
+from inspector.inference import score_artifact
+from inspector.preprocess import unfit
 from inspector.synth import PartRenderer
 
 from .conftest import make_model
@@ -185,3 +191,32 @@ def test_calibrate_uses_good_subfolder(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "good/ subfolder" in err
     assert json.loads((tmp_path / "m" / "model.json").read_text())["calibration"]["count"] == 3
+
+
+def test_train_pads_images_of_mixed_aspects_and_records_it(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Good images of different aspects are padded, not stretched: train says so and records `input.fit`,
+    which score then applies (its heatmap covers the original image); --fit stretch overrides."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(40, 80), (80, 40), (60, 60), (48, 96)]):
+        renderer = PartRenderer(width=w, height=h, seed=i, defect_rate=0.0)
+        cv2.imwrite(str(folder / f"p{i}.png"), renderer.render_part(None).image)
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "m"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "aspects (width/height) range from 0.50 to 2.00" in err and "padded" in err
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["input"]["fit"] == "pad"
+    heatmaps = tmp_path / "h"
+    assert main(["score", str(folder / "p3.png"), "--model", str(tmp_path / "m"), "--heatmap", str(heatmaps)]) == 0
+    art = load_artifact(tmp_path / "m")
+    seen = load_files([folder / "p3.png"], 32, 32, 1, fit="pad")
+    full = score_artifact(art, seen.images, torch.device("cpu"), keep_maps=True).errors[0]
+    vmax = heat_scale(art.meta.score.reduction, art.meta.threshold.value)
+    expected = overlay(cv2.imread(str(folder / "p3.png")), unfit(full, 48, 96, "pad"), vmax)  # the image's own map
+    wrong = overlay(cv2.imread(str(folder / "p3.png")), full, vmax)  # margins included
+    written = cv2.imread(str(heatmaps / "p3_heatmap.png")).astype(int)
+    assert written.shape == (48, 96, 3) and np.abs(written - expected).max() <= 2 < np.abs(written - wrong).max()
+    assert "(padded, aspect kept)" in capsys.readouterr().err
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "s"), "--fit", "stretch", *FAST]) == 0
+    assert "padded" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "model.json").read_text())["input"]["fit"] == "stretch"

@@ -61,6 +61,49 @@ def test_replay_folder_every_frame_gets_exactly_one_message(tmp_path: Path, line
     assert beats[-1]["cameras"]["cam1"]["last_seq"] == 39 and beats[-1]["uptime_s"] > 0
 
 
+def test_a_padded_model_gets_padded_frames_as_offline(tmp_path: Path, line_factory) -> None:
+    """A model whose artifact says fit = "pad" is fed non-square frames with their aspect kept: the daemon
+    publishes the scores offline scoring gives for the same images padded, not those of stretched ones, and
+    the archived heatmap lays the map of the image itself (not of the reflected margins) over the frame."""
+    import cv2
+    import torch
+
+    from inspector.artifact import load_artifact
+    from inspector.dataset import load_folder
+    from inspector.heatmap import heat_scale, overlay_roi
+    from inspector.inference import score_artifact
+    from inspector.preprocess import unfit
+    from inspector.synth import PartRenderer
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    renderer = PartRenderer(width=96, height=48, seed=2, defect_rate=0.5)
+    for i in range(6):
+        cv2.imwrite(str(folder / f"part_{i}.png"), renderer.render().image)
+    model = make_model(tmp_path / "m", size=32, fit="pad", threshold=0.0)  # every part a reject: all archived
+    src = f'{{ type = "replay", path = "{folder}", fps = 0 }}'
+    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src),
+                       archive={"enabled": True, "directory": "arch"}, **sections(tmp_path))
+    line = line_factory(cfg).start()
+    line.receive_verdicts(6)
+    line.stop()
+    published = [v["score"] for v in line.verdicts()]
+    art, cpu = load_artifact(model), torch.device("cpu")
+    offline = {fit: score_artifact(art, load_folder(folder, 32, 32, 1, fit=fit).images, cpu, keep_maps=True)
+               for fit in ("pad", "stretch")}
+    pad, stretch = offline["pad"].scores["score"], offline["stretch"].scores["score"]
+    np.testing.assert_allclose(published, pad, rtol=1e-4, atol=1e-7)
+    assert np.max(np.abs(stretch - pad)) > 100 * np.max(np.abs(published - pad))
+    frame = cv2.imread(str(folder / "part_0.png"), cv2.IMREAD_GRAYSCALE)
+    archived = cv2.imread(str(next((tmp_path / "arch").glob("*/cam1/0_reject_anomaly_heatmap.png"))))
+    full = offline["pad"].errors[0]  # the map at the input size, margins included
+    seen = unfit(full, 48, 96, "pad")
+    assert seen.shape == (16, 32)
+    expected = overlay_roi(frame, seen, heat_scale("mse", float(seen.max())), None)
+    wrong = overlay_roi(frame, full, heat_scale("mse", float(full.max())), None)
+    assert np.abs(archived.astype(int) - expected).max() <= 2 < np.abs(archived.astype(int) - wrong).max()
+
+
 def test_video_file_through_ffmpeg_and_roi(tmp_path: Path, line_factory) -> None:
     """A video written by OpenCV, replayed through the FFmpeg back-end, colour frames cropped to an ROI."""
     write_video(tmp_path / "parts.avi", 25, size=64)

@@ -16,6 +16,7 @@ from inspector import dataset
 from inspector.artifact import ArtifactError, load_artifact
 from inspector.cli import main
 from inspector.inference import run, score_artifact, to_tensor
+from inspector.preprocess import choose_fit, prepare, resize, unfit
 from inspector.progress import Progress
 from inspector.synth import PartRenderer
 from inspector.train import Augment, TrainSettings, augment, fit, load_split
@@ -240,6 +241,56 @@ def test_dataset_skips_corrupt_resizes_mixed_and_hashes(tmp_path: Path) -> None:
     assert data2.content_hash != data.content_hash
     assert dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append).content_hash == data2.content_hash
     assert dataset.load_folder(folder, 32, 32, 1, warn=warnings.append).images.shape == (3, 32, 32)
+
+
+def test_pad_fit_keeps_the_aspect_and_reflects_the_margins() -> None:
+    """fit "pad" shrinks a 40x100 image to 32x13 inside a 32x32 input, so a disc stays round (stretching
+    makes it an ellipse), mirrors the image's edges into the margins, writes into a given buffer, and `unfit`
+    finds the image again in a map at the input size."""
+    image = np.zeros((40, 100), np.uint8)
+    cv2.circle(image, (50, 20), 12, 255, -1)
+    stretched = resize(image, 32, 32, "stretch")
+    padded = resize(image, 32, 32, "pad")
+    inner = padded[9:22]  # 40 * 32 / 100 = 12.8 -> 13 rows, centred: 9 above, 10 below
+    assert padded.shape == stretched.shape == (32, 32)
+
+    def extent(img: np.ndarray) -> tuple[int, int]:
+        ys, xs = np.nonzero(img > 127)
+        return int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1
+
+    h, w = extent(inner)
+    assert abs(h - w) <= 1  # round
+    h, w = extent(stretched)
+    assert h >= 2 * w - 2  # 2.5x taller than wide, give or take the rounding of a small disc
+    np.testing.assert_array_equal(padded[8], inner[1])  # reflected about the inner image's first row
+    np.testing.assert_array_equal(padded[22], inner[-2])
+    np.testing.assert_array_equal(unfit(padded, 40, 100, "pad"), inner)  # a map's part that shows the image
+    assert unfit(stretched, 40, 100, "stretch").shape == (32, 32)
+    buffer = np.empty((32, 32), np.uint8)
+    assert prepare(image, None, 32, 32, 1, out=buffer, fit="pad") is buffer
+    np.testing.assert_array_equal(buffer, padded)
+    with pytest.raises(ValueError, match="unknown fit"):
+        resize(image, 32, 32, "crop")  # type: ignore[arg-type]
+
+
+def test_auto_fit_pads_only_images_of_different_aspects(tmp_path: Path) -> None:
+    """load_folder(fit="auto") stretches images that share one aspect (one camera), and pads when their
+    aspects differ, with the very pixels an explicit fit gives."""
+    rng = np.random.default_rng(0)
+    same, mixed = tmp_path / "same", tmp_path / "mixed"
+    for folder, shapes in ((same, [(40, 60), (80, 120)]), (mixed, [(40, 60), (60, 40), (50, 50)])):
+        folder.mkdir()
+        for i, shape in enumerate(shapes):
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+    auto = dataset.load_folder(same, 32, 32, 1, fit="auto")
+    assert auto.fit == "stretch"
+    np.testing.assert_array_equal(auto.images, dataset.load_folder(same, 32, 32, 1).images)
+    auto = dataset.load_folder(mixed, 32, 32, 1, fit="auto")
+    assert auto.fit == "pad"
+    np.testing.assert_array_equal(auto.images, dataset.load_folder(mixed, 32, 32, 1, fit="pad").images)
+    assert not np.array_equal(auto.images, dataset.load_folder(mixed, 32, 32, 1).images)
+    assert choose_fit([1.5, 1.5]) == "stretch" and choose_fit([1.0, 1.04]) == "stretch"
+    assert choose_fit([0.4, 2.7]) == "pad" and choose_fit([]) == "stretch"
 
 
 def test_training_folder_prefers_good_subfolder(tmp_path: Path) -> None:
