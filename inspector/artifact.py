@@ -15,6 +15,7 @@ from torch import nn
 
 from . import __version__
 from .model import build_model, output_kind
+from .preprocess import Fit
 from .scoring import Reduction, make_reduction, reduction_output
 
 META_FILE = "model.json"
@@ -35,7 +36,7 @@ class InputSpec(_Strict):
     channels: Literal[1, 3] = Field(description="1 grayscale, 3 BGR.")
     scale: float = Field(255.0, description="uint8 pixels are divided by this, giving [0, 1].")
     resize: Literal["area"] = Field("area", description="Interpolation used to resize frames to the input size.")
-    fit: Literal["stretch", "pad"] = Field(
+    fit: Fit = Field(
         "stretch", description="A frame of another aspect is stretched to the input size, or (pad) resized to fit "
                                "inside it with its aspect kept, the margins its reflected edges.")
 

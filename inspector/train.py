@@ -30,6 +30,7 @@ from .dataset import ImageSet, load_folder, training_folder
 from .device import native_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, output_kind
+from .preprocess import Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
 from .scoring import make_reduction, reduction_output
@@ -83,7 +84,7 @@ class TrainSettings(BaseModel):
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
-    fit: Literal["auto", "stretch", "pad"] = Field(
+    fit: Fit | Literal["auto"] = Field(
         "auto", description="How images of another aspect than the input's are fitted to it: stretch, pad (aspect "
                             "kept, margins reflected), or auto (pad when the training images' aspects differ).")
     crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
