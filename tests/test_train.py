@@ -273,6 +273,30 @@ def test_pad_fit_keeps_the_aspect_and_reflects_the_margins() -> None:
         resize(image, 32, 32, "crop")  # type: ignore[arg-type]
 
 
+def test_large_fractional_shrinks_take_two_steps_close_to_one() -> None:
+    """Below a 3x shrink, or at a whole factor, frames are resized exactly as OpenCV's one-step area resize
+    (so models trained before the two-step resize see the same pixels); a large fractional shrink (a 5 MP
+    sensor to 256) first shrinks by the whole part, within a grey level or two of the one-step result on average."""
+    rng = np.random.default_rng(0)
+
+    def smooth(h: int, w: int) -> np.ndarray:
+        small = rng.random((h // 64, w // 64)).astype(np.float32)
+        return (cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
+
+    for h, w in [(640, 640), (700, 500), (1024, 1280), (2048, 2560)]:  # 2.5x, 2.7x/1.95x, 4x/5x, 8x/10x
+        image = smooth(h, w)
+        np.testing.assert_array_equal(resize(image, 256, 256), cv2.resize(image, (256, 256),
+                                                                           interpolation=cv2.INTER_AREA))
+    image = smooth(2048, 2448)  # 8x and 9.56x
+    one_step = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA).astype(int)
+    two_step = resize(image, 256, 256)
+    assert not np.array_equal(two_step, one_step)  # the two-step path was taken
+    assert np.abs(two_step - one_step).mean() < 1.0 and np.abs(two_step - one_step).max() <= 4
+    padded = resize(image, 256, 256, "pad")  # 2448x2048 -> 256x214 (9x first, 5 rows dropped), margins reflected
+    one_step = cv2.resize(image, (256, 214), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(unfit(padded, 2048, 2448, "pad") - one_step).mean() < 2.5  # 1.8: a 9x box, then 1.06x
+
+
 def test_auto_fit_pads_only_images_of_different_aspects(tmp_path: Path) -> None:
     """load_folder(fit="auto") stretches images that share one aspect (one camera), and pads when their
     aspects differ, with the very pixels an explicit fit gives."""
