@@ -1,6 +1,6 @@
 """Loading a folder of images for training, calibration, evaluation and scoring.
 
-Every image goes through `preprocess.prepare`, the daemon's own preprocessing. Images of any size are
+Every image goes through the daemon's own preprocessing (`preprocess`: crop, convert, resize). Images of any size are
 accepted and resized to the requested input size (so a folder of mixed sizes is fine, and so is a model
 trained at one size scoring images of another), stretched or padded as `fit` says (with "auto", padded when
 their aspects differ, `preprocess.choose_fit`); the result reports how many were resized and the fit used.
@@ -18,7 +18,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from .images import list_images, read_image
-from .preprocess import Fit, choose_fit, crop, prepare, to_channels
+from .preprocess import Fit, choose_fit, crop, resize, to_channels
 from .progress import Progress
 
 Channels = Literal[1, 3, "auto"]
@@ -112,8 +112,8 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
                 continue
             try:
                 one = is_gray(image) if channels == "auto" else channels == 1
-                out = {f: prepare(image, roi, height, width, 1 if one else 3, fit=f) for f in fits}
-                region = crop(image, roi).shape
+                region = to_channels(crop(image, roi), 1 if one else 3)  # cropped and converted once
+                out = {f: resize(region, height, width, f) for f in fits}
             except ValueError as exc:  # region of interest outside this image
                 skipped.append(Path(path))
                 warn(f"skipping image {path}: {exc}")
@@ -127,7 +127,7 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             kept.append(Path(path))
             for f in fits:
                 prepared[f].append(out[f])
-            aspects.add(region[1] / region[0])
+            aspects.add(region.shape[1] / region.shape[0])
             gray.append(one)
     chosen: Fit = choose_fit(aspects) if fit == "auto" else fit
     kept_images = prepared.pop(chosen)
