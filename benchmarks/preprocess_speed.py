@@ -2,11 +2,11 @@
 
     python benchmarks/preprocess_speed.py [--size 256] [--repeat 200]
 
-For common sensor sizes (gray, 8 bit), the median time of `inspector.preprocess.prepare` (stretch and pad) and,
-for comparison, of OpenCV's one-step area resize to the same size. OpenCV's area resize is fast for a whole
-shrink factor and several times slower for a fractional one, so from a factor of 3 on, `prepare` first shrinks
-by the whole part of the factor (preprocess.TWO_STEP_SHRINK). The frames are smooth noise; the cost depends on
-the size, not the content.
+For common sensor sizes (gray, 8 bit), the median time of `inspector.preprocess.prepare` (stretch and pad, and
+pad with the contrast stretched) and, for comparison, of OpenCV's one-step area resize to the same size.
+OpenCV's area resize is fast for a whole shrink factor and several times slower for a fractional one, so from
+a factor of 3 on, `prepare` first shrinks by the whole part of the factor (preprocess.TWO_STEP_SHRINK). The
+frames are smooth noise; the cost depends on the size, not the content.
 """
 
 from __future__ import annotations
@@ -42,15 +42,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     s = args.size
     out = np.empty((s, s), np.uint8)
-    print("| frame | shrink | OpenCV area, one step (ms) | prepare, stretch (ms) | prepare, pad (ms) |")
-    print("|---|---|---|---|---|")
+    print("| frame | shrink | OpenCV area, one step (ms) | prepare, stretch (ms) | prepare, pad (ms) "
+          "| pad + contrast stretch (ms) |")
+    print("|---|---|---|---|---|---|")
     for w, h in SENSORS:
         small = rng.random((max(2, h // 16), max(2, w // 16))).astype(np.float32)
         frame = (cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
         one = median_ms(lambda f=frame: cv2.resize(f, (s, s), dst=out, interpolation=cv2.INTER_AREA), args.repeat)
         stretch = median_ms(lambda f=frame: prepare(f, None, s, s, 1, out=out, fit="stretch"), args.repeat)
         pad = median_ms(lambda f=frame: prepare(f, None, s, s, 1, out=out, fit="pad"), args.repeat)
-        print(f"| {w}x{h} | {min(w, h) / s:.2f} | {one:.2f} | {stretch:.2f} | {pad:.2f} |")
+        levels = median_ms(lambda f=frame: prepare(f, None, s, s, 1, out=out, fit="pad", contrast="stretch"),
+                           args.repeat)
+        print(f"| {w}x{h} | {min(w, h) / s:.2f} | {one:.2f} | {stretch:.2f} | {pad:.2f} | {levels:.2f} |")
     print(f"\n1 OpenCV thread, input {s}x{s} gray, median of {args.repeat} calls each")
 
 

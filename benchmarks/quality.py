@@ -107,11 +107,12 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     if views is not None:
         art.module.flips = VIEWS[views]  # type: ignore[union-attr]
     spec, device = art.meta.input, torch.device("cpu")
-    good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, fit=spec.fit)
-    defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, fit=spec.fit)
-    train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, fit=spec.fit)
+    how = {"fit": spec.fit, "contrast": spec.contrast}  # as the model was trained
+    good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
+    defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, **how)
+    train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)
     held = [p for p in train_good.paths if p.name in _held_out_names(art)]
-    val = load_files(held, spec.height, spec.width, spec.channels, fit=spec.fit)
+    val = load_files(held, spec.height, spec.width, spec.channels, **how)
     sv = score_artifact(art, val.images, device).scores["score"]
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)

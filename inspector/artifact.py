@@ -15,7 +15,7 @@ from torch import nn
 
 from . import __version__
 from .model import build_model, output_kind
-from .preprocess import Fit
+from .preprocess import Contrast, Fit
 from .scoring import Reduction, make_reduction, reduction_output
 
 META_FILE = "model.json"
@@ -39,6 +39,9 @@ class InputSpec(_Strict):
     fit: Fit = Field(
         "stretch", description="A frame of another aspect is stretched to the input size, or (pad) resized to fit "
                                "inside it with its aspect kept, the margins its reflected edges.")
+    contrast: Contrast = Field(
+        "none", description="stretch: each resized frame's 1st to 99th percentile grey levels are stretched to 0-255; "
+                            "none: grey levels as captured.")
 
 
 class ScoreSpec(_Strict):

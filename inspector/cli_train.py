@@ -79,6 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--fit", default="auto", choices=("auto", "stretch", "pad"),
                    help="images of another aspect than the input's: stretched, padded (aspect kept, margins "
                         "reflected), or auto (padded when the training images' aspects differ)")
+    p.add_argument("--contrast", default="auto", choices=("auto", "none", "stretch"),
+                   help="grey levels: each image's 1st to 99th percentile stretched to 0-255, kept as captured "
+                        "(none), or auto (stretched when the training images' contrasts differ)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="training arithmetic: auto (bf16 mixed precision for draem where the device computes it "
                         "natively, else fp32), fp32 or bf16")
@@ -243,7 +246,7 @@ def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSe
             recursive = True
     spec = artifact.meta.input
     data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet,
-                       recursive=recursive, fit=spec.fit)
+                       recursive=recursive, fit=spec.fit, contrast=spec.contrast)
     if len(data) == 0:
         skipped = f" ({len(data.skipped)} unreadable)" if data.skipped else ""
         raise UsageError(f"{option} {folder}: no readable images{skipped}")
@@ -251,12 +254,14 @@ def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSe
     return data
 
 
-def _report_loaded(data: ImageSet, what: str, width: int, height: int) -> None:
+def _report_loaded(data: ImageSet, what: str, width: int, height: int, training: bool = False) -> None:
     if data.skipped:
         _warn(f"{what}: skipped {len(data.skipped)} unreadable image(s) of {len(data) + len(data.skipped)}")
     if data.resized:
         how = " (padded, aspect kept)" if data.fit == "pad" else ""
         _note(f"{what}: resized {data.resized} image(s) to the model input {width}x{height}{how}")
+    if data.contrast == "stretch" and not training:  # training says why, below
+        _note(f"{what}: each image's grey levels stretched to the full range, as the model was trained")
 
 
 def _load_artifact(path: Path) -> Artifact:
@@ -301,7 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
-            crop=args.crop, precision=args.precision, fit=args.fit,
+            crop=args.crop, precision=args.precision, fit=args.fit, contrast=args.contrast,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -319,11 +324,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if split.note:
         _note(split.note)
-    _report_loaded(split.data, f"--data {split.data.folder}", width, height)
+    _report_loaded(split.data, f"--data {split.data.folder}", width, height, training=True)
     if settings.fit == "auto" and split.data.fit == "pad":
         aspects = sorted(w / h for w, h in split.data.sizes)
         _note(f"--data: the images' aspects (width/height) range from {aspects[0]:.2f} to {aspects[-1]:.2f}, so "
               "they are padded to the model input, not stretched (--fit stretch to stretch them)")
+    if settings.contrast == "auto" and split.data.contrast == "stretch":
+        low, high = split.data.spans
+        _note(f"--data: the images' contrasts (1st to 99th percentile) span from {low} to {high} grey levels, so "
+              "each image's grey levels are stretched to the full range (--contrast none to keep them)")
     for w in split.warnings:
         _warn(w)
     result = fit(split, settings, out, progress=not args.quiet)
@@ -564,7 +573,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not paths:
         raise UsageError("no images to score")
     spec = artifact.meta.input
-    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False, fit=spec.fit)
+    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False, fit=spec.fit,
+                      contrast=spec.contrast)
     if len(data) == 0:
         raise UsageError(f"none of the {len(paths)} file(s) could be read as an image")
     _report_loaded(data, "images", spec.width, spec.height)

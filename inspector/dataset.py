@@ -18,7 +18,17 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from .images import list_images, read_image
-from .preprocess import Fit, choose_fit, crop, resize, to_channels
+from .preprocess import (
+    Contrast,
+    Fit,
+    choose_contrast,
+    choose_fit,
+    contrast_levels,
+    crop,
+    resize,
+    stretch_contrast,
+    to_channels,
+)
 from .progress import Progress
 
 Channels = Literal[1, 3, "auto"]
@@ -39,6 +49,8 @@ class ImageSet:
     sizes: set[tuple[int, int]] = field(default_factory=set)  # distinct original (width, height)
     content_hash: str = ""  # sha256 over relative names and bytes of the images read
     fit: Fit = "stretch"  # how images of another aspect than the input's were fitted to it
+    contrast: Contrast = "none"  # whether each image's grey levels were stretched to the full range
+    spans: tuple[int, int] = (0, 0)  # smallest and largest 1st-to-99th percentile span of the images, grey levels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -72,13 +84,14 @@ def is_gray(image: np.ndarray) -> bool:
 
 def load_folder(folder: Path, height: int, width: int, channels: Channels = "auto",
                 roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
-                progress: bool = False, recursive: bool = False, fit: Fit | Literal["auto"] = "stretch") -> ImageSet:
+                progress: bool = False, recursive: bool = False, fit: Fit | Literal["auto"] = "stretch",
+                contrast: Contrast | Literal["auto"] = "none") -> ImageSet:
     """Read and prepare every image of a folder; raises FileNotFoundError if the folder does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     result = load_files(list_images(folder, recursive=recursive), height, width, channels, roi, warn,
-                        progress, root=folder, fit=fit)
+                        progress, root=folder, fit=fit, contrast=contrast)
     result.folder = folder
     return result
 
@@ -86,11 +99,12 @@ def load_folder(folder: Path, height: int, width: int, channels: Channels = "aut
 def load_files(paths: Sequence[Path], height: int, width: int, channels: Channels = "auto",
                roi: tuple[int, int, int, int] | None = None, warn: Warn | None = None,
                progress: bool = False, root: Path | None = None,
-               fit: Fit | Literal["auto"] = "stretch") -> ImageSet:
+               fit: Fit | Literal["auto"] = "stretch", contrast: Contrast | Literal["auto"] = "none") -> ImageSet:
     """Read and prepare image files in the given order, skipping (and counting) unreadable ones.
 
     channels "auto" gives 1 when every image is grayscale (or colour with equal channels), else 3. fit "auto"
-    prepares each image both ways while reading, and keeps the padded ones when the aspects differ.
+    prepares each image both ways while reading, and keeps the padded ones when the aspects differ. contrast
+    "auto" stretches every image's grey levels (`preprocess.stretch_contrast`) when the images' contrasts differ.
     """
     warn = warn or _log.warning
     digest = hashlib.sha256()
@@ -98,6 +112,7 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
     fits: tuple[Fit, ...] = ("stretch", "pad") if fit == "auto" else (fit,)
     prepared: dict[Fit, list[np.ndarray]] = {f: [] for f in fits}
     aspects: set[float] = set()
+    spans: list[int] = []  # 99th minus 1st percentile grey level of each prepared image
     gray: list[bool] = []
     skipped: list[Path] = []
     sizes: set[tuple[int, int]] = set()
@@ -128,14 +143,20 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             for f in fits:
                 prepared[f].append(out[f])
             aspects.add(region.shape[1] / region.shape[0])
+            lo, hi = contrast_levels(out[fits[0]])
+            spans.append(hi - lo)
             gray.append(one)
     chosen: Fit = choose_fit(aspects) if fit == "auto" else fit
     kept_images = prepared.pop(chosen)
     prepared.clear()  # the other fit's copies, when both were made
+    chosen_contrast: Contrast = choose_contrast(spans) if contrast == "auto" else contrast
+    if chosen_contrast == "stretch":
+        kept_images = [stretch_contrast(p) for p in kept_images]
     n_channels = (1 if all(gray) else 3) if channels == "auto" else int(channels)
     if n_channels == 3:
         kept_images = [to_channels(p, 3) if g else p for p, g in zip(kept_images, gray, strict=True)]
     shape = (height, width) if n_channels == 1 else (height, width, 3)
     images = np.stack(kept_images) if kept_images else np.zeros((0, *shape), np.uint8)
     return ImageSet(folder=root, paths=kept, images=images, channels=n_channels, skipped=skipped,
-                    resized=int(resized), sizes=sizes, content_hash=digest.hexdigest(), fit=chosen)
+                    resized=int(resized), sizes=sizes, content_hash=digest.hexdigest(), fit=chosen,
+                    contrast=chosen_contrast, spans=(min(spans), max(spans)) if spans else (0, 0))

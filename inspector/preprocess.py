@@ -1,8 +1,11 @@
-"""Frame -> model input: region of interest, colour conversion, resize. Shared by the daemon and training.
+"""Frame -> model input: region of interest, colour conversion, resize, contrast. Shared by the daemon and
+training.
 
 A frame whose aspect differs from the input's is either stretched to the input size, or, with fit "pad",
-resized to fit inside it with its aspect kept and the rest filled by reflecting its edges; the model artifact
-says which (`InputSpec.fit`), so training, calibration and the daemon fit every frame alike.
+resized to fit inside it with its aspect kept and the rest filled by reflecting its edges. With contrast
+"stretch" each resized frame's grey levels are then stretched so that its 1st to 99th percentiles span 0-255.
+The model artifact says which (`InputSpec.fit`, `InputSpec.contrast`), so training, calibration and the daemon
+prepare every frame alike.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ ASPECT_SPREAD = 1.05  # images whose aspects differ by more than this ratio are 
 # OpenCV's area resize is several times slower for a fractional factor (8.8 ms against 1.4 ms for a
 # 2448x2048 frame to 256x256, benchmarks/preprocess_speed.py). Below it, frames are resized in one step.
 TWO_STEP_SHRINK = 3
+
+Contrast = Literal["none", "stretch"]
+CONTRASTS: tuple[Contrast, ...] = ("none", "stretch")
+CONTRAST_PERCENTILES = (1.0, 99.0)  # the grey levels that "stretch" maps to 0 and 255
+MIN_CONTRAST = 8  # an image whose percentiles are closer than this many grey levels is left as it is (blank)
+CONTRAST_SPREAD = 1.25  # "auto" stretches when the images' contrasts (5th to 95th percentile) differ by more
 
 
 def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
@@ -51,9 +60,43 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, roi: tuple[int, int, int, int] | None, height: int, width: int, channels: int,
-            out: np.ndarray | None = None, fit: Fit = "stretch") -> np.ndarray:
-    """Crop, convert and resize one image to uint8 (height, width) or (height, width, 3), into `out` if given."""
-    return resize(to_channels(crop(image, roi), channels), height, width, fit, out)
+            out: np.ndarray | None = None, fit: Fit = "stretch", contrast: Contrast = "none") -> np.ndarray:
+    """Crop, convert and resize one image to uint8 (height, width) or (height, width, 3), into `out` if given,
+    then stretch its contrast if asked."""
+    resized = resize(to_channels(crop(image, roi), channels), height, width, fit, out)
+    if contrast != "stretch":
+        return resized
+    if out is None and np.shares_memory(resized, image):  # already the input's size: stretch a copy
+        resized = resized.copy()
+    return stretch_contrast(resized)
+
+
+def contrast_levels(image: np.ndarray) -> tuple[int, int]:
+    """The grey levels at the image's 1st and 99th percentiles (all channels together), from its histogram."""
+    counts = np.bincount(image.ravel(), minlength=256).cumsum()
+    lo, hi = (int(np.searchsorted(counts, counts[-1] * q / 100.0)) for q in CONTRAST_PERCENTILES)
+    return lo, hi
+
+
+def stretch_contrast(image: np.ndarray) -> np.ndarray:
+    """A uint8 image with its 1st..99th percentile grey levels stretched to 0..255 (the tails clipped), in place;
+    an image of less than MIN_CONTRAST levels between them (blank, flat) is left as it is."""
+    lo, hi = contrast_levels(image)
+    if hi - lo >= MIN_CONTRAST and (lo, hi) != (0, 255):
+        lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+        cv2.LUT(image, lut, dst=image)
+    return image
+
+
+def choose_contrast(spans: Iterable[int]) -> Contrast:
+    """The contrast "auto" picks from the images' spans (99th minus 1st percentile grey level): stretch when they
+    differ (lighting or exposure that varies between good parts), else none (one lighting: the grey levels
+    themselves are part of what is normal)."""
+    values = np.asarray(list(spans), np.float64)
+    if values.size == 0:
+        return "none"
+    low, high = np.percentile(values, (5, 95))
+    return "stretch" if high > CONTRAST_SPREAD * max(low, MIN_CONTRAST) else "none"
 
 
 def resize(image: np.ndarray, height: int, width: int, fit: Fit = "stretch",

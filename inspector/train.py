@@ -30,7 +30,7 @@ from .dataset import ImageSet, load_folder, training_folder
 from .device import native_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, output_kind
-from .preprocess import Fit
+from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
 from .scoring import make_reduction, reduction_output
@@ -87,6 +87,9 @@ class TrainSettings(BaseModel):
     fit: Fit | Literal["auto"] = Field(
         "auto", description="How images of another aspect than the input's are fitted to it: stretch, pad (aspect "
                             "kept, margins reflected), or auto (pad when the training images' aspects differ).")
+    contrast: Contrast | Literal["auto"] = Field(
+        "auto", description="Grey levels: stretch (each image's 1st to 99th percentile to 0-255), none, or auto "
+                            "(stretch when the training images' contrasts differ).")
     crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
                                                      "each side (1: whole images).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -152,7 +155,7 @@ def load_split(data: Path, settings: TrainSettings, warn: Callable[[str], None] 
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
     images = load_folder(folder, settings.height, settings.width, settings.channels,  # type: ignore[arg-type]
-                         warn=warn, progress=progress, fit=settings.fit)
+                         warn=warn, progress=progress, fit=settings.fit, contrast=settings.contrast)
     n = len(images)
     skipped = f" ({len(images.skipped)} unreadable skipped)" if images.skipped else ""
     if n == 0:
@@ -358,7 +361,7 @@ def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduct
         "output": output_kind(settings.family),
         "hparams": hparams,
         "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
-                  "scale": 255.0, "resize": "area", "fit": data.fit},
+                  "scale": 255.0, "resize": "area", "fit": data.fit, "contrast": data.contrast},
         "score": {"reduction": reduction, "params": settings.reduction_params},
         "threshold": threshold,
         "calibration": stats,

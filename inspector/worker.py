@@ -29,7 +29,7 @@ class Scorer:
                  dtype: torch.dtype, max_batch: int, jit: bool = False, log: Any = None) -> None:
         spec = artifact.meta.input
         self.height, self.width, self.channels = spec.height, spec.width, spec.channels
-        self.fit = spec.fit
+        self.fit, self.contrast = spec.fit, spec.contrast
         self.scale = spec.scale
         self.device, self.dtype = device, dtype
         self.reduction, self.threshold = reduction, threshold
@@ -192,7 +192,7 @@ class Worker:
                 continue
             try:
                 prepare(frame.image, self._rois[frame.camera], s.height, s.width, s.channels,
-                        out=s.host_np[len(staged)], fit=s.fit)
+                        out=s.host_np[len(staged)], fit=s.fit, contrast=s.contrast)
             except Exception as exc:  # a frame the preprocessing cannot take (ROI outside it, odd format)
                 self._burst("error", "preprocessing failed", frame.camera, seq=frame.seq, error=str(exc))
                 verdicts.append(self._fail(frame, ERROR))

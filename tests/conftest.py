@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_model(path: Path, size: int = 32, channels: int = 1, threshold: float = 0.05, seed: int = 0,
-               reduction: str = "mse", base_width: int = 4, fit: str = "stretch") -> Path:
+               reduction: str = "mse", base_width: int = 4, fit: str = "stretch", contrast: str = "none") -> Path:
     """A real (untrained) conv-ae artifact, small enough to run fast on the CPU."""
     import torch
 
@@ -37,7 +37,7 @@ def make_model(path: Path, size: int = 32, channels: int = 1, threshold: float =
     net = build_model("conv-ae", channels, size, size, **hp)
     save_artifact(path, net, {
         "name": path.name, "created_at": "2026-01-01T00:00:00Z", "family": "conv-ae", "hparams": hp,
-        "input": {"height": size, "width": size, "channels": channels, "fit": fit},
+        "input": {"height": size, "width": size, "channels": channels, "fit": fit, "contrast": contrast},
         "score": {"reduction": reduction}, "threshold": {"value": threshold, "method": "manual"},
     })
     return path

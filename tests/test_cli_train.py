@@ -220,3 +220,29 @@ def test_train_pads_images_of_mixed_aspects_and_records_it(tmp_path: Path,
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "s"), "--fit", "stretch", *FAST]) == 0
     assert "padded" not in capsys.readouterr().err
     assert json.loads((tmp_path / "s" / "model.json").read_text())["input"]["fit"] == "stretch"
+
+
+def test_train_stretches_images_of_different_contrasts_and_records_it(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Good images lit differently (contrasts from 50 to 230 grey levels) are stretched to the full range: train
+    says so and records `input.contrast`, which score then applies; --contrast none overrides."""
+    folder = tmp_path / "lit"
+    folder.mkdir()
+    for i, gain in enumerate([0.2, 0.5, 0.7, 0.9]):
+        part = PartRenderer(width=32, height=32, seed=i, defect_rate=0.0).render_part(None).image
+        cv2.imwrite(str(folder / f"p{i}.png"), (part.astype(np.float32) * gain + 10).round().astype(np.uint8))
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "m"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "contrasts (1st to 99th percentile) span from" in err and "stretched to the full range" in err
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["input"]["contrast"] == "stretch"
+    assert main(["score", str(folder / "p0.png"), "--model", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr()
+    art = load_artifact(tmp_path / "m")
+    scores = {c: score_artifact(art, load_files([folder / "p0.png"], 32, 32, 1, contrast=c).images,
+                                torch.device("cpu")).scores["score"][0] for c in ("stretch", "none")}
+    printed = float(out.out.splitlines()[0].split()[1])  # "PATH  SCORE  VERDICT"
+    assert abs(printed - scores["stretch"]) <= 1e-5 * abs(scores["stretch"]) < abs(printed - scores["none"])
+    assert "grey levels stretched" in out.err
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "n"), "--contrast", "none", *FAST]) == 0
+    assert "stretched" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "n" / "model.json").read_text())["input"]["contrast"] == "none"

@@ -61,6 +61,17 @@ def test_replay_folder_every_frame_gets_exactly_one_message(tmp_path: Path, line
     assert beats[-1]["cameras"]["cam1"]["last_seq"] == 39 and beats[-1]["uptime_s"] > 0
 
 
+def _replay_and_archive(tmp_path: Path, line_factory, model: Path, folder: Path, n: int) -> list[float]:
+    """Replay the n images of a folder through the daemon, archiving into tmp_path/arch; the published scores."""
+    src = f'{{ type = "replay", path = "{folder}", fps = 0 }}'
+    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src),
+                       archive={"enabled": True, "directory": "arch"}, **sections(tmp_path))
+    line = line_factory(cfg).start()
+    line.receive_verdicts(n)
+    line.stop()
+    return [v["score"] for v in line.verdicts()]
+
+
 def test_a_padded_model_gets_padded_frames_as_offline(tmp_path: Path, line_factory) -> None:
     """A model whose artifact says fit = "pad" is fed non-square frames with their aspect kept: the daemon
     publishes the scores offline scoring gives for the same images padded, not those of stretched ones, and
@@ -81,13 +92,7 @@ def test_a_padded_model_gets_padded_frames_as_offline(tmp_path: Path, line_facto
     for i in range(6):
         cv2.imwrite(str(folder / f"part_{i}.png"), renderer.render().image)
     model = make_model(tmp_path / "m", size=32, fit="pad", threshold=0.0)  # every part a reject: all archived
-    src = f'{{ type = "replay", path = "{folder}", fps = 0 }}'
-    cfg = write_config(tmp_path / "c.toml", camera("cam1", model, src),
-                       archive={"enabled": True, "directory": "arch"}, **sections(tmp_path))
-    line = line_factory(cfg).start()
-    line.receive_verdicts(6)
-    line.stop()
-    published = [v["score"] for v in line.verdicts()]
+    published = _replay_and_archive(tmp_path, line_factory, model, folder, 6)
     art, cpu = load_artifact(model), torch.device("cpu")
     offline = {fit: score_artifact(art, load_folder(folder, 32, 32, 1, fit=fit).images, cpu, keep_maps=True)
                for fit in ("pad", "stretch")}
@@ -102,6 +107,35 @@ def test_a_padded_model_gets_padded_frames_as_offline(tmp_path: Path, line_facto
     expected = overlay_roi(frame, seen, heat_scale("mse", float(seen.max())), None)
     wrong = overlay_roi(frame, full, heat_scale("mse", float(full.max())), None)
     assert np.abs(archived.astype(int) - expected).max() <= 2 < np.abs(archived.astype(int) - wrong).max()
+
+
+def test_a_contrast_stretched_model_gets_stretched_frames_as_offline(tmp_path: Path, line_factory) -> None:
+    """A model whose artifact says contrast = "stretch" is fed dim frames of different contrasts: the daemon
+    publishes the scores offline scoring gives for the same images stretched, not those of the frames as they
+    are, and the archive keeps the frame as captured."""
+    import cv2
+    import torch
+
+    from inspector.artifact import load_artifact
+    from inspector.dataset import load_folder
+    from inspector.inference import score_artifact
+    from inspector.synth import PartRenderer
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    renderer = PartRenderer(width=48, height=48, seed=3, defect_rate=0.5)
+    for i in range(6):  # lit ever more dimly: grey levels 20 + (0.15 .. 0.65) x the part's
+        dim = renderer.render().image.astype(np.float32) * (0.15 + 0.1 * i) + 20
+        cv2.imwrite(str(folder / f"part_{i}.png"), dim.round().astype(np.uint8))
+    model = make_model(tmp_path / "m", size=32, contrast="stretch", threshold=0.0)  # all rejects: all archived
+    published = _replay_and_archive(tmp_path, line_factory, model, folder, 6)
+    art, cpu = load_artifact(model), torch.device("cpu")
+    offline = {c: score_artifact(art, load_folder(folder, 32, 32, 1, contrast=c).images, cpu).scores["score"]
+               for c in ("stretch", "none")}
+    np.testing.assert_allclose(published, offline["stretch"], rtol=1e-4, atol=1e-7)
+    assert np.max(np.abs(offline["none"] - offline["stretch"])) > 100 * np.max(np.abs(published - offline["stretch"]))
+    archived = cv2.imread(str(next((tmp_path / "arch").glob("*/cam1/0_reject_anomaly.png"))), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(archived, cv2.imread(str(folder / "part_0.png"), cv2.IMREAD_GRAYSCALE))
 
 
 def test_video_file_through_ffmpeg_and_roi(tmp_path: Path, line_factory) -> None:

@@ -16,7 +16,7 @@ from inspector import dataset
 from inspector.artifact import ArtifactError, load_artifact
 from inspector.cli import main
 from inspector.inference import run, score_artifact, to_tensor
-from inspector.preprocess import choose_fit, prepare, resize, unfit
+from inspector.preprocess import choose_contrast, choose_fit, contrast_levels, prepare, resize, stretch_contrast, unfit
 from inspector.progress import Progress
 from inspector.synth import PartRenderer
 from inspector.train import Augment, TrainSettings, augment, fit, load_split
@@ -315,6 +315,56 @@ def test_auto_fit_pads_only_images_of_different_aspects(tmp_path: Path) -> None:
     assert not np.array_equal(auto.images, dataset.load_folder(mixed, 32, 32, 1).images)
     assert choose_fit([1.5, 1.5]) == "stretch" and choose_fit([1.0, 1.04]) == "stretch"
     assert choose_fit([0.4, 2.7]) == "pad" and choose_fit([]) == "stretch"
+
+
+def test_contrast_stretch_spans_the_full_range_and_leaves_blank_images_alone() -> None:
+    """stretch_contrast maps an image's 1st..99th percentile grey levels to 0..255 (the tails clipped, the order
+    of grey levels kept), leaves binary and blank images as they are, and prepare stretches a copy, never
+    the caller's frame."""
+    rng = np.random.default_rng(0)
+    dim = rng.integers(40, 121, (64, 64), dtype=np.uint8)  # grey levels 40..120
+    lo, hi = contrast_levels(dim)
+    assert 40 <= lo <= 42 and 118 <= hi <= 120
+    out = stretch_contrast(dim.copy())
+    assert out.min() == 0 and out.max() == 255
+    assert (out == 0).mean() <= 0.03 and (out == 255).mean() <= 0.03  # only the 1 % tails (and ties) clipped
+    order = np.argsort(dim.ravel(), kind="stable")
+    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)  # a brighter pixel never ends darker
+    binary = (rng.random((64, 64)) < 0.3).astype(np.uint8) * 255  # a binarized board: already 0..255
+    np.testing.assert_array_equal(stretch_contrast(binary.copy()), binary)
+    blank = np.full((64, 64), 90, np.uint8)
+    blank[0, :3] = 95  # a few levels of noise: not stretched into a full-range pattern
+    np.testing.assert_array_equal(stretch_contrast(blank.copy()), blank)
+    colour = np.dstack([dim, dim // 2 + 10, dim])
+    assert stretch_contrast(colour.copy()).max() == 255
+    frame = dim.copy()
+    prepared = prepare(frame, None, 64, 64, 1, contrast="stretch")
+    np.testing.assert_array_equal(frame, dim)
+    np.testing.assert_array_equal(prepared, out)
+    buffer = np.zeros((32, 32), np.uint8)
+    assert prepare(frame, None, 32, 32, 1, out=buffer, contrast="stretch") is buffer
+    assert buffer.min() == 0 and buffer.max() == 255
+    np.testing.assert_array_equal(buffer, stretch_contrast(prepare(frame, None, 32, 32, 1)))
+
+
+def test_auto_contrast_stretches_only_images_whose_contrasts_differ(tmp_path: Path) -> None:
+    """load_folder(contrast="auto") keeps the grey levels of images lit alike and stretches them, with the very
+    pixels an explicit "stretch" gives, when their contrasts differ."""
+    rng = np.random.default_rng(0)
+    alike, varied = tmp_path / "alike", tmp_path / "varied"
+    for folder, spans in ((alike, [100, 100, 104]), (varied, [40, 100, 200])):
+        folder.mkdir()
+        for i, span in enumerate(spans):
+            cv2.imwrite(str(folder / f"{i}.png"), (30 + rng.random((32, 32)) * span).astype(np.uint8))
+    auto = dataset.load_folder(alike, 32, 32, 1, contrast="auto")
+    assert auto.contrast == "none"
+    np.testing.assert_array_equal(auto.images, dataset.load_folder(alike, 32, 32, 1).images)
+    auto = dataset.load_folder(varied, 32, 32, 1, contrast="auto")
+    assert auto.contrast == "stretch" and auto.spans[0] < 45 and auto.spans[1] > 190
+    np.testing.assert_array_equal(auto.images, dataset.load_folder(varied, 32, 32, 1, contrast="stretch").images)
+    assert not np.array_equal(auto.images, dataset.load_folder(varied, 32, 32, 1).images)
+    assert choose_contrast([255] * 40 + [0]) == "none" and choose_contrast([]) == "none"  # one blank frame
+    assert choose_contrast([60] * 10 + [200] * 10) == "stretch"
 
 
 def test_training_folder_prefers_good_subfolder(tmp_path: Path) -> None:
