@@ -84,7 +84,10 @@ def stretch_contrast(image: np.ndarray) -> np.ndarray:
     lo, hi = contrast_levels(image)
     if hi - lo >= MIN_CONTRAST and (lo, hi) != (0, 255):
         lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
-        cv2.LUT(image, lut, dst=image)
+        if image.flags.c_contiguous:
+            cv2.LUT(image, lut, dst=image)
+        else:  # a view (a region of interest): OpenCV cannot write into every layout
+            np.take(lut, image, out=image)
     return image
 
 

@@ -337,6 +337,10 @@ def test_contrast_stretch_spans_the_full_range_and_leaves_blank_images_alone() -
     np.testing.assert_array_equal(stretch_contrast(blank.copy()), blank)
     colour = np.dstack([dim, dim // 2 + 10, dim])
     assert stretch_contrast(colour.copy()).max() == 255
+    wide = np.repeat(dim, 2, axis=1)
+    view = wide[:, ::2]  # a strided view, as a region of interest can be
+    assert stretch_contrast(view) is view
+    np.testing.assert_array_equal(view, out)
     frame = dim.copy()
     prepared = prepare(frame, None, 64, 64, 1, contrast="stretch")
     np.testing.assert_array_equal(frame, dim)
