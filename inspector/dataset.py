@@ -50,7 +50,7 @@ class ImageSet:
     content_hash: str = ""  # sha256 over relative names and bytes of the images read
     fit: Fit = "stretch"  # how images of another aspect than the input's were fitted to it
     contrast: Contrast = "none"  # whether each image's grey levels were stretched to the full range
-    spans: tuple[int, int] = (0, 0)  # smallest and largest 1st-to-99th percentile span of the images, grey levels
+    spans: tuple[int, int] = (0, 0)  # with contrast "auto": the smallest and largest 1st-to-99th percentile span
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -143,8 +143,9 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             for f in fits:
                 prepared[f].append(out[f])
             aspects.add(region.shape[1] / region.shape[0])
-            lo, hi = contrast_levels(out[fits[0]])
-            spans.append(hi - lo)
+            if contrast == "auto":  # only the choice reads them; stretch_contrast reads its own
+                lo, hi = contrast_levels(out[fits[0]])
+                spans.append(hi - lo)
             gray.append(one)
     chosen: Fit = choose_fit(aspects) if fit == "auto" else fit
     kept_images = prepared.pop(chosen)

@@ -24,7 +24,6 @@ ASPECT_SPREAD = 1.05  # images whose aspects differ by more than this ratio are 
 TWO_STEP_SHRINK = 3
 
 Contrast = Literal["none", "stretch"]
-CONTRASTS: tuple[Contrast, ...] = ("none", "stretch")
 CONTRAST_PERCENTILES = (1.0, 99.0)  # the grey levels that "stretch" maps to 0 and 255
 MIN_CONTRAST = 8  # an image whose percentiles are closer than this many grey levels is left as it is (blank)
 CONTRAST_SPREAD = 1.25  # "auto" stretches when the images' contrasts (5th to 95th percentile) differ by more
