@@ -56,7 +56,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
     p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
                    help="1 gray, 3 colour, auto: 1 when every image is gray (default auto)")
-    p.add_argument("--epochs", type=int, default=40, metavar="N", help="training epochs (default 40)")
+    p.add_argument("--epochs", default="auto", metavar="N|auto",
+                   help="training epochs; auto: 40, or more over a small set, enough for 3000 steps (default auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per step (default 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
@@ -194,6 +195,14 @@ def _check_rate(rate: float, option: str = "--target-false-reject") -> float:
     return rate
 
 
+def _parse_epochs(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise UsageError(f"--epochs must be a number of epochs or auto; got {text!r}")
+    return _check_positive(int(text), "--epochs")
+
+
 def _check_positive(value: int, option: str) -> int:
     if value < 1:
         raise UsageError(f"{option} must be at least 1; got {value}")
@@ -278,11 +287,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .artifact import META_FILE, WEIGHTS_FILE
-    from .train import Augment, TrainSettings, check_settings, fit, load_split
+    from .train import (
+        DEFAULT_EPOCHS,
+        Augment,
+        TrainSettings,
+        check_settings,
+        epochs_for,
+        fit,
+        load_split,
+        steps_per_epoch,
+    )
 
     height, width = _parse_size(args.size)
     _check_rate(args.target_false_reject)
-    _check_positive(args.epochs, "--epochs")
+    epochs = _parse_epochs(args.epochs)
     _check_positive(args.batch_size, "--batch-size")
     if not 0.0 < args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive); got {args.val_fraction:g}")
@@ -302,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = TrainSettings(
             family=args.family, height=height, width=width,
             channels=args.channels if args.channels == "auto" else int(args.channels),
-            hparams=_parse_hparams(args.hparam), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            hparams=_parse_hparams(args.hparam), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
@@ -335,6 +353,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               "each image's grey levels are stretched to the full range (--contrast none to keep them)")
     for w in split.warnings:
         _warn(w)
+    steps = steps_per_epoch(len(split.train_idx), settings.batch_size)
+    epochs = epochs_for(settings, steps)
+    if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS:
+        _note(f"--epochs auto: {len(split.train_idx)} training images make {steps} step(s) per epoch, so {epochs} "
+              f"epochs, for at least {settings.min_steps} steps (--epochs N to set them)")
     result = fit(split, settings, out, progress=not args.quiet)
 
     meta = result.artifact.meta
@@ -342,7 +365,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     weights_mb = (out / WEIGHTS_FILE).stat().st_size / 1e6
     data = split.data
     print(f"trained {out} ({meta.family}, {width}x{height}x{data.channels}) in {result.seconds:.1f} s on "
-          f"{meta.training['device']}: {result.epochs_run:.1f} epoch(s), stopped by {result.stopped}")
+          f"{meta.training['device']}: {result.epochs_run:.1f} of {epochs} epoch(s), stopped by {result.stopped}")
     print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized; hash {data.content_hash[:16]}")
     print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
+DEFAULT_EPOCHS = 40  # what epochs "auto" runs on sets of about 900 images or more
+MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
 MIN_IMAGES = 2  # one to train on, one held out for calibration
 FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns
 
@@ -71,7 +73,10 @@ class TrainSettings(BaseModel):
     width: int = Field(256, ge=8, description="Input width in pixels.")
     channels: int | str = Field("auto", description="1, 3 or auto (1 when every image is grayscale).")
     hparams: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters (over defaults).")
-    epochs: int = Field(40, ge=1, description="Passes over the training slice.")
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description=f"Passes over the training slice; auto: {DEFAULT_EPOCHS}, or more over a small set, "
+                            "enough for `min_steps` optimisation steps (the time budget still ends training).")
+    min_steps: int = Field(MIN_STEPS, ge=1, description="The fewest optimisation steps that epochs auto makes.")
     batch_size: int = Field(16, ge=1, description="Images per optimisation step.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of images held out for validation/calibration.")
@@ -127,6 +132,14 @@ class TrainResult:
 def hparams_for(settings: TrainSettings) -> dict[str, Any]:
     """The family defaults overlaid with the settings' hyper-parameters."""
     return {**DEFAULT_HPARAMS.get(settings.family, {}), **settings.hparams}
+
+
+def epochs_for(settings: TrainSettings, steps_per_epoch: int) -> int:
+    """The epochs a run makes: the settings' number, or for auto the default, more when that many passes over
+    a small set would make fewer than `min_steps` steps (a set of 150 images, 40 epochs: 360 steps)."""
+    if settings.epochs != "auto":
+        return settings.epochs
+    return max(DEFAULT_EPOCHS, math.ceil(settings.min_steps / max(steps_per_epoch, 1)))
 
 
 def reduction_for(settings: TrainSettings) -> str:
@@ -230,6 +243,12 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
         yield order[s:end]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimisation steps in one pass over n images (as _batches cuts them)."""
+    steps = -(-n // batch_size)
+    return steps - 1 if steps > 1 and n - (steps - 1) * batch_size == 1 else steps
+
+
 def _train_loss(model: nn.Module, x: torch.Tensor, settings: TrainSettings, rng: np.random.Generator) -> torch.Tensor:
     """The family's loss on one augmented batch: L2 reconstruction, or repair-and-segment (on random crops)."""
     if output_kind(settings.family) == ANOMALY_MAP:
@@ -260,10 +279,10 @@ def _lr(settings: TrainSettings, progress: float) -> float:
     return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _budget_binds(settings: TrainSettings, first_epoch_seconds: float, seconds_left: float) -> bool:
+def _budget_binds(epochs: int, first_epoch_seconds: float, seconds_left: float) -> bool:
     """Whether, at the first epoch's pace, the time budget ends training before the last epoch. Only then does
     the clock enter the learning-rate schedule, so that a run that fits its budget stays deterministic."""
-    return 1.0 + seconds_left / max(first_epoch_seconds, 1e-9) < settings.epochs
+    return 1.0 + seconds_left / max(first_epoch_seconds, 1e-9) < epochs
 
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False) -> TrainResult:
@@ -284,21 +303,22 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         maps = output_kind(settings.family) == ANOMALY_MAP
         mixed = settings.precision == "bf16" or (settings.precision == "auto" and maps and native_bf16(device))
         n = len(train_u8)
-        steps = len(list(_batches(n, settings.batch_size, torch.Generator().manual_seed(0))))
+        steps = steps_per_epoch(n, settings.batch_size)
+        epochs = epochs_for(settings, steps)
         deadline = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict[str, float]] = []
         stopped, epochs_run = "epochs", 0.0
         clocked = False  # the schedule also follows the clock (_budget_binds), decided after the first epoch
         budget = settings.max_minutes * 60 if settings.max_minutes else math.inf
-        with Progress(settings.epochs * steps, "training", enabled=progress) as bar:
-            for epoch in range(1, settings.epochs + 1):
+        with Progress(epochs * steps, "training", enabled=progress) as bar:
+            for epoch in range(1, epochs + 1):
                 model.train()
                 seen, loss_sum, done = 0, 0.0, 0
                 for idx in _batches(n, settings.batch_size, gen):
                     x = augment(train_u8[idx.to(device)].float().div_(255.0), settings.augment, gen)
                     if maps:  # cosine learning-rate decay (the autoencoders keep a constant rate)
-                        progress = (epoch - 1 + done / steps) / settings.epochs
+                        progress = (epoch - 1 + done / steps) / epochs
                         if clocked:  # the budget binds: the decay ends at the deadline
                             progress = max(progress, (time.monotonic() - started) / budget)
                         lr = _lr(settings, progress)
@@ -320,7 +340,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                 epochs_run += done / steps
                 if epoch == 1 and math.isfinite(deadline):
                     now = time.monotonic()
-                    clocked = _budget_binds(settings, now - started, deadline - now)
+                    clocked = _budget_binds(epochs, now - started, deadline - now)
                 history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val})
                 if val < best_loss:
                     best_loss, best_epoch = val, epoch
@@ -341,7 +361,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     threshold.details["arithmetic"] = precision_name(dtype)
     meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
         "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
-        "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,
+        "epochs": epochs, "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,
         "best_val_loss": best_loss,
         "stopped_by": stopped, "history": history,
     })

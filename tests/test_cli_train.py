@@ -80,7 +80,7 @@ def test_train_target_false_reject_out_of_range(tmp_path: Path, capsys: pytest.C
 
 
 def test_train_bad_size_family_device_and_existing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A size conv-ae cannot take, an unknown family or device, and an existing model: exit 2 each."""
+    """A size conv-ae cannot take, a bad epoch count, an unknown family or device, an existing model: exit 2 each."""
     data = _images(tmp_path / "d", 2)
     out = str(tmp_path / "m")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, "--size", "40", "--quiet"], "divisible by 16")
@@ -88,6 +88,8 @@ def test_train_bad_size_family_device_and_existing_model(tmp_path: Path, capsys:
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--family", "gan"], "unknown model family")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--device", "tpu"], "device")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--hparam", "widthless=3"], "bad options")
+    _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--epochs", "many"], "--epochs")
+    _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--epochs", "0"], "at least 1")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--reduction", "median"],
                  "unknown score reduction")
     make_model(tmp_path / "existing")

@@ -19,7 +19,7 @@ from inspector.inference import run, score_artifact, to_tensor
 from inspector.preprocess import choose_contrast, choose_fit, contrast_levels, prepare, resize, stretch_contrast, unfit
 from inspector.progress import Progress
 from inspector.synth import PartRenderer
-from inspector.train import Augment, TrainSettings, augment, fit, load_split
+from inspector.train import Augment, TrainSettings, augment, epochs_for, fit, load_split, steps_per_epoch
 
 SIZE = 32  # model input; images are rendered at 64 and resized, as the daemon does
 HP = {"base_width": 8, "depth": 3, "latent": 16}
@@ -112,6 +112,24 @@ def test_time_budget_stops_training(tmp_path: Path) -> None:
     result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
     assert result.stopped == "time budget" and result.epochs_run < 10_000
     assert result.artifact.meta.training["deterministic"] is False
+
+
+def test_auto_epochs_give_a_small_set_at_least_min_steps(tmp_path: Path) -> None:
+    """epochs auto: 40 passes over a large set, and over a small one as many as `min_steps` steps need (150
+    images got 360 steps from 40 epochs; docs/quality.md row 53); a number of epochs is kept as given."""
+    default = TrainSettings()
+    assert default.epochs == "auto" and default.min_steps == 3000
+    assert epochs_for(default, steps_per_epoch(2700, 16)) == 40  # 169 steps per epoch
+    assert epochs_for(default, steps_per_epoch(900, 16)) == 53  # deeppcb: 57 steps per epoch
+    assert epochs_for(default, steps_per_epoch(135, 16)) == 334  # 9 steps per epoch
+    assert epochs_for(default.model_copy(update={"epochs": 7}), 9) == 7
+    _good_images(tmp_path / "data", 10, seed=5)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, batch_size=4, device="cpu",
+                             min_steps=120)
+    result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
+    training = result.artifact.meta.training  # 9 training images: batches of 4 and 5, 2 steps per epoch
+    assert training["settings"]["epochs"] == "auto" and training["epochs"] == 60
+    assert result.epochs_run == 60 and len(training["history"]) == 60 and result.stopped == "epochs"
 
 
 def test_calibrate_commands_write_the_threshold(trained: dict[str, Path], tmp_path: Path,
