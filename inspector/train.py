@@ -46,7 +46,7 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
-DEFAULT_EPOCHS = 40  # what epochs "auto" runs on sets of about 900 images or more
+DEFAULT_EPOCHS = 40  # epochs "auto" runs these where they make MIN_STEPS (from 1,200 training images at batch 16)
 MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
 MIN_IMAGES = 2  # one to train on, one held out for calibration
 FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns

@@ -19,7 +19,7 @@ from inspector.inference import run, score_artifact, to_tensor
 from inspector.preprocess import choose_contrast, choose_fit, contrast_levels, prepare, resize, stretch_contrast, unfit
 from inspector.progress import Progress
 from inspector.synth import PartRenderer
-from inspector.train import Augment, TrainSettings, augment, epochs_for, fit, load_split, steps_per_epoch
+from inspector.train import Augment, TrainSettings, _batches, augment, epochs_for, fit, load_split, steps_per_epoch
 
 SIZE = 32  # model input; images are rendered at 64 and resized, as the daemon does
 HP = {"base_width": 8, "depth": 3, "latent": 16}
@@ -123,6 +123,9 @@ def test_auto_epochs_give_a_small_set_at_least_min_steps(tmp_path: Path) -> None
     assert epochs_for(default, steps_per_epoch(900, 16)) == 53  # deeppcb: 57 steps per epoch
     assert epochs_for(default, steps_per_epoch(135, 16)) == 334  # 9 steps per epoch
     assert epochs_for(default.model_copy(update={"epochs": 7}), 9) == 7
+    for n in range(1, 40):  # steps_per_epoch counts the batches the training loop cuts
+        for size in (1, 4, 16):
+            assert steps_per_epoch(n, size) == len(list(_batches(n, size, torch.Generator().manual_seed(n))))
     _good_images(tmp_path / "data", 10, seed=5)
     settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, batch_size=4, device="cpu",
                              min_steps=120)
