@@ -48,7 +48,7 @@ def bench(root: Path, settings: TrainSettings, keep: Path | None) -> dict[str, A
     model = result.artifact.module
     device = resolve_device(settings.device)
     spec = result.artifact.meta.input
-    how = {"fit": spec.fit, "contrast": spec.contrast}  # as the model was trained
+    how = spec.preparation()  # as the model was trained
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, **how)
     reductions = {name: make_reduction(name) for name in REDUCTIONS

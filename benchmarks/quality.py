@@ -107,7 +107,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     if views is not None:
         art.module.flips = VIEWS[views]  # type: ignore[union-attr]
     spec, device = art.meta.input, torch.device("cpu")
-    how = {"fit": spec.fit, "contrast": spec.contrast}  # as the model was trained
+    how = spec.preparation()  # as the model was trained
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, **how)
     train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import __version__
 from .model import build_model, output_kind
-from .preprocess import Contrast, Fit
+from .preprocess import Contrast, Fit, Preparation
 from .scoring import Reduction, make_reduction, reduction_output
 
 META_FILE = "model.json"
@@ -42,6 +42,11 @@ class InputSpec(_Strict):
     contrast: Contrast = Field(
         "none", description="stretch: each resized frame's 1st to 99th percentile grey levels are stretched to 0-255; "
                             "none: grey levels as captured.")
+
+    def preparation(self) -> Preparation:
+        """How images are prepared for this model, as keyword arguments of `dataset.load_folder` and `load_files`
+        (the daemon's worker reads the same fields)."""
+        return {"fit": self.fit, "contrast": self.contrast}
 
 
 class ScoreSpec(_Strict):

@@ -255,7 +255,7 @@ def _load(folder: Path, option: str, artifact: Artifact, quiet: bool) -> ImageSe
             recursive = True
     spec = artifact.meta.input
     data = load_folder(folder, spec.height, spec.width, spec.channels, warn=_warn, progress=not quiet,
-                       recursive=recursive, fit=spec.fit, contrast=spec.contrast)
+                       recursive=recursive, **spec.preparation())
     if len(data) == 0:
         skipped = f" ({len(data.skipped)} unreadable)" if data.skipped else ""
         raise UsageError(f"{option} {folder}: no readable images{skipped}")
@@ -596,8 +596,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not paths:
         raise UsageError("no images to score")
     spec = artifact.meta.input
-    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False, fit=spec.fit,
-                      contrast=spec.contrast)
+    data = load_files(paths, spec.height, spec.width, spec.channels, warn=_warn, progress=False,
+                      **spec.preparation())
     if len(data) == 0:
         raise UsageError(f"none of the {len(paths)} file(s) could be read as an image")
     _report_loaded(data, "images", spec.width, spec.height)

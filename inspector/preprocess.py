@@ -10,7 +10,7 @@ prepare every frame alike.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable, Literal, TypedDict
 
 import cv2
 import numpy as np
@@ -27,6 +27,13 @@ Contrast = Literal["none", "stretch"]
 CONTRAST_PERCENTILES = (1.0, 99.0)  # the grey levels that "stretch" maps to 0 and 255
 MIN_CONTRAST = 8  # an image whose percentiles are closer than this many grey levels is left as it is (blank)
 CONTRAST_SPREAD = 1.25  # "auto" stretches when the images' contrasts (5th to 95th percentile) differ by more
+
+
+class Preparation(TypedDict):
+    """How a model's images are prepared beyond size and channels (`InputSpec.preparation()`)."""
+
+    fit: Fit
+    contrast: Contrast
 
 
 def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
