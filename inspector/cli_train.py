@@ -65,7 +65,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--max-minutes", type=float, default=9.0, metavar="M",
-                   help="stop training after M minutes, keeping the best (default 9; 0: no limit)")
+                   help="stop training M minutes after the images start being read, keeping the best checkpoint "
+                        "(default 9; 0: no limit)")
     p.add_argument("--reduction", default=None, metavar="NAME",
                    help="score reduction: map_max or map_topk (draem); mse, diff_std, smoothed_max or topk_mean "
                         "(autoencoders) (default: the family's)")
@@ -336,10 +337,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(_check_positive(args.threads, "--threads"))
 
+    reading = time.monotonic()  # the time budget counts the reading of the images too
     try:
         split = load_split(args.data, settings, warn=_warn, progress=not args.quiet)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    read_seconds = time.monotonic() - reading
     if split.note:
         _note(split.note)
     _report_loaded(split.data, f"--data {split.data.folder}", width, height, training=True)
@@ -358,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS:
         _note(f"--epochs auto: {len(split.train_idx)} training images make {steps} step(s) per epoch, so {epochs} "
               f"epochs, for at least {settings.min_steps} steps (--epochs N to set them)")
-    result = fit(split, settings, out, progress=not args.quiet)
+    result = fit(split, settings, out, progress=not args.quiet, budget_started=reading)
 
     meta = result.artifact.meta
     th = meta.threshold
@@ -367,7 +370,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {out} ({meta.family}, {width}x{height}x{data.channels}) in {result.seconds:.1f} s on "
           f"{meta.training['device']}: {result.epochs_run:.1f} of {epochs} epoch(s), stopped by {result.stopped}")
     print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
-          f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized; hash {data.content_hash[:16]}")
+          f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized, read in {read_seconds:.1f} s; hash "
+          f"{data.content_hash[:16]}")
     print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
     cal = meta.calibration
     assert cal is not None  # train always calibrates

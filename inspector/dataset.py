@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 
-from .images import list_images, read_image
+from .images import decode_image, list_images, read_bytes
 from .preprocess import (
     Contrast,
     Fit,
@@ -34,6 +37,33 @@ from .progress import Progress
 Channels = Literal[1, 3, "auto"]
 Warn = Callable[[str], None]
 _log = logging.getLogger(__name__)
+READ_THREADS = min(4, os.cpu_count() or 1)  # decoding and resizing release the GIL: files are read in parallel
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Read:
+    """One file as a reading thread left it: its bytes, and the prepared image or why there is none."""
+
+    data: bytes | None
+    error: str | None  # the warning when the file is skipped
+    shape: tuple[int, int] = (0, 0)  # original (height, width)
+    aspect: float = 1.0  # width / height of the region used
+    out: dict[Fit, np.ndarray] = field(default_factory=dict)  # prepared to the input size, per fit
+    one: bool = True  # grayscale
+    span: int = 0  # 99th minus 1st percentile grey level (contrast "auto" only)
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """fn over items on the pool, results in order, at most `ahead` running or waiting (bounded memory)."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 @dataclass
@@ -117,36 +147,42 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
     skipped: list[Path] = []
     sizes: set[tuple[int, int]] = set()
     resized = 0
-    with Progress(len(paths), "reading images", enabled=progress) as bar:
-        for path in paths:
+
+    def read(path: Path) -> _Read:  # runs on the reading threads
+        data = read_bytes(path)
+        image = decode_image(data)
+        if data is None or image is None:
+            return _Read(data, f"skipping unreadable image {path}")
+        try:
+            one = is_gray(image) if channels == "auto" else channels == 1
+            region = to_channels(crop(image, roi), 1 if one else 3)  # cropped and converted once
+            out = {f: resize(region, height, width, f) for f in fits}
+        except ValueError as exc:  # region of interest outside this image
+            return _Read(data, f"skipping image {path}: {exc}")
+        lo, hi = contrast_levels(out[fits[0]]) if contrast == "auto" else (0, 0)
+        return _Read(data, None, image.shape[:2], region.shape[1] / region.shape[0], out, one, hi - lo)
+
+    with Progress(len(paths), "reading images", enabled=progress) as bar, \
+            ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read") as pool:
+        for path, got in zip(paths, _in_order(pool, read, paths, 2 * READ_THREADS), strict=True):
             bar.update()
-            image = read_image(path)
-            if image is None:
+            if got.error is not None or got.data is None:
                 skipped.append(Path(path))
-                warn(f"skipping unreadable image {path}")
+                warn(got.error or f"skipping unreadable image {path}")
                 continue
-            try:
-                one = is_gray(image) if channels == "auto" else channels == 1
-                region = to_channels(crop(image, roi), 1 if one else 3)  # cropped and converted once
-                out = {f: resize(region, height, width, f) for f in fits}
-            except ValueError as exc:  # region of interest outside this image
-                skipped.append(Path(path))
-                warn(f"skipping image {path}: {exc}")
-                continue
-            h, w = image.shape[:2]
+            h, w = got.shape
             sizes.add((w, h))
             resized += (h, w) != (height, width) if roi is None else (roi[3], roi[2]) != (height, width)
             name = Path(path).relative_to(root).as_posix() if root is not None else Path(path).name
             digest.update(name.encode("utf-8") + b"\0")
-            digest.update(Path(path).read_bytes())
+            digest.update(got.data)
             kept.append(Path(path))
             for f in fits:
-                prepared[f].append(out[f])
-            aspects.add(region.shape[1] / region.shape[0])
+                prepared[f].append(got.out[f])
+            aspects.add(got.aspect)
             if contrast == "auto":  # only the choice reads them; stretch_contrast reads its own
-                lo, hi = contrast_levels(out[fits[0]])
-                spans.append(hi - lo)
-            gray.append(one)
+                spans.append(got.span)
+            gray.append(got.one)
     chosen: Fit = choose_fit(aspects) if fit == "auto" else fit
     kept_images = prepared.pop(chosen)
     prepared.clear()  # the other fit's copies, when both were made

@@ -29,12 +29,19 @@ def list_labelled(folder: Path) -> list[tuple[Path, str | None]]:
     return [(p, None) for p in list_images(folder)]
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """Read an image as uint8 gray (H, W) or BGR (H, W, 3); None when unreadable."""
-    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
-    if data is None or data.size == 0:
+def read_bytes(path: Path) -> bytes | None:
+    """A file's bytes; None when it is not a readable file."""
+    try:
+        return Path(path).read_bytes() if Path(path).is_file() else None
+    except OSError:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+
+
+def decode_image(data: bytes | None) -> np.ndarray | None:
+    """Decode an image file's bytes to uint8 gray (H, W) or BGR (H, W, 3); None when they are not an image."""
+    if not data:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         return None
     if image.dtype != np.uint8:
@@ -44,3 +51,8 @@ def read_image(path: Path) -> np.ndarray | None:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     return image
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """Read an image as uint8 gray (H, W) or BGR (H, W, 3); None when unreadable."""
+    return decode_image(read_bytes(path))

@@ -48,6 +48,7 @@ DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train wit
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
 DEFAULT_EPOCHS = 40  # epochs "auto" runs these where they make MIN_STEPS (from 1,200 training images at batch 16)
 MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
+MIN_BUDGET_SHARE = 0.25  # the least of the time budget that training gets after a slow reading of the images
 MIN_IMAGES = 2  # one to train on, one held out for calibration
 FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns
 
@@ -83,7 +84,7 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, description="Seed for the split, initialisation, batch order and augmentation.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_minutes: float | None = Field(DEFAULT_MAX_MINUTES, gt=0, description="Stop training after this long "
-                                      "(best checkpoint kept); None: no limit.")
+                                      "(best checkpoint kept), counted from fit's budget_started; None: no limit.")
     reduction: str | None = Field(None, description="Score reduction (inspector.scoring.REDUCTIONS); None: the "
                                                     "family's default.")
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
@@ -285,8 +286,22 @@ def _budget_binds(epochs: int, first_epoch_seconds: float, seconds_left: float) 
     return 1.0 + seconds_left / max(first_epoch_seconds, 1e-9) < epochs
 
 
-def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False) -> TrainResult:
-    """Train on the split, keep the best validation checkpoint, calibrate on the held-out slice, save."""
+def _deadline(max_minutes: float | None, started: float, budget_started: float | None) -> float:
+    """When training must stop: `max_minutes` after the budget started, but not before the loop has had
+    MIN_BUDGET_SHARE of them."""
+    if not max_minutes:
+        return math.inf
+    budget = max_minutes * 60
+    return max((started if budget_started is None else budget_started) + budget, started + MIN_BUDGET_SHARE * budget)
+
+
+def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
+        budget_started: float | None = None) -> TrainResult:
+    """Train on the split, keep the best validation checkpoint, calibrate on the held-out slice, save.
+
+    The time budget (`settings.max_minutes`) runs from `budget_started` (a `time.monotonic()` reading; default:
+    now), so that a caller can count the reading of the images in it. Training still gets at least
+    `MIN_BUDGET_SHARE` of the budget, however long the reading took."""
     started = time.monotonic()
     device = resolve_device(settings.device)
     images = split.data.images
@@ -305,12 +320,12 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         n = len(train_u8)
         steps = steps_per_epoch(n, settings.batch_size)
         epochs = epochs_for(settings, steps)
-        deadline = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
+        deadline = _deadline(settings.max_minutes, started, budget_started)
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict[str, float]] = []
         stopped, epochs_run = "epochs", 0.0
         clocked = False  # the schedule also follows the clock (_budget_binds), decided after the first epoch
-        budget = settings.max_minutes * 60 if settings.max_minutes else math.inf
+        budget = deadline - started  # the training loop's share of the budget
         with Progress(epochs * steps, "training", enabled=progress) as bar:
             for epoch in range(1, epochs + 1):
                 model.train()

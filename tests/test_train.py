@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -19,7 +21,17 @@ from inspector.inference import run, score_artifact, to_tensor
 from inspector.preprocess import choose_contrast, choose_fit, contrast_levels, prepare, resize, stretch_contrast, unfit
 from inspector.progress import Progress
 from inspector.synth import PartRenderer
-from inspector.train import Augment, TrainSettings, _batches, augment, epochs_for, fit, load_split, steps_per_epoch
+from inspector.train import (
+    Augment,
+    TrainSettings,
+    _batches,
+    _deadline,
+    augment,
+    epochs_for,
+    fit,
+    load_split,
+    steps_per_epoch,
+)
 
 SIZE = 32  # model input; images are rendered at 64 and resized, as the daemon does
 HP = {"base_width": 8, "depth": 3, "latent": 16}
@@ -112,6 +124,23 @@ def test_time_budget_stops_training(tmp_path: Path) -> None:
     result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
     assert result.stopped == "time budget" and result.epochs_run < 10_000
     assert result.artifact.meta.training["deterministic"] is False
+
+
+def test_time_budget_counts_from_when_the_images_started_being_read(tmp_path: Path) -> None:
+    """`inspector train` starts the budget before reading the images (3,000 images of 5 megapixels take minutes
+    to read), so the whole command stays within it; training still gets a quarter of it, however long the
+    reading took."""
+    assert _deadline(None, 100.0, 0.0) == math.inf
+    assert _deadline(2, 100.0, None) == 220.0  # from the start of training
+    assert _deadline(2, 100.0, 40.0) == 160.0  # reading took a minute: one minute left
+    assert _deadline(2, 100.0, -1000.0) == 130.0  # reading took longer than the budget: a quarter of it
+    _good_images(tmp_path / "data", 8, seed=4)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=10_000, batch_size=4,
+                             device="cpu", max_minutes=0.05)  # 3 s
+    split = load_split(tmp_path / "data", settings)
+    result = fit(split, settings, tmp_path / "m", budget_started=time.monotonic() - 2.9)  # 0.1 s left: 0.75 s
+    assert result.stopped == "time budget"
+    assert 0.75 <= result.artifact.meta.training["seconds"] < 2.0
 
 
 def test_auto_epochs_give_a_small_set_at_least_min_steps(tmp_path: Path) -> None:
@@ -262,6 +291,32 @@ def test_dataset_skips_corrupt_resizes_mixed_and_hashes(tmp_path: Path) -> None:
     assert data2.content_hash != data.content_hash
     assert dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append).content_hash == data2.content_hash
     assert dataset.load_folder(folder, 32, 32, 1, warn=warnings.append).images.shape == (3, 32, 32)
+
+
+def test_reading_threads_keep_the_files_order_and_what_one_thread_reads(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are read, decoded and resized on several threads (twice as fast on two cores), with no more than a
+    few ahead of the one being collected; the images, their order, the skips, the warnings, the contrast choice
+    and the hash are those of one thread."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(23):
+        h, w = rng.integers(20, 90, 2)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), rng.integers(0, 60 + 8 * i, (h, w), dtype=np.uint8))
+    (folder / "07b.png").write_bytes(b"broken")
+    runs = []
+    for threads in (1, 4):
+        monkeypatch.setattr(dataset, "READ_THREADS", threads)
+        warnings: list[str] = []
+        data = dataset.load_folder(folder, 32, 32, "auto", warn=warnings.append, fit="auto", contrast="auto")
+        runs.append((data, warnings))
+    (one, one_warnings), (four, four_warnings) = runs
+    assert [p.name for p in four.paths] == [f"{i:02d}.png" for i in range(23)] == [p.name for p in one.paths]
+    assert np.array_equal(four.images, one.images) and four.content_hash == one.content_hash
+    assert four_warnings == one_warnings and [p.name for p in four.skipped] == ["07b.png"]
+    assert (four.fit, four.contrast, four.spans, four.sizes) == (one.fit, one.contrast, one.spans, one.sizes)
+    assert four.fit == "pad" and four.contrast == "stretch"
 
 
 def test_pad_fit_keeps_the_aspect_and_reflects_the_margins() -> None:
