@@ -4,7 +4,8 @@ Every image goes through the daemon's own preprocessing (`preprocess`: crop, con
 accepted and resized to the requested input size (so a folder of mixed sizes is fine, and so is a model
 trained at one size scoring images of another), stretched or padded as `fit` says (with "auto", padded when
 their aspects differ, `preprocess.choose_fit`); the result reports how many were resized and the fit used.
-Unreadable files are skipped with a warning and counted, never fatal.
+Unreadable files are skipped with a warning and counted, never fatal. Files are decoded and resized on up to
+`READ_THREADS` threads, and collected in their order, so the result is the one a single thread gives.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ R = TypeVar("R")
 class _Read:
     """One file as a reading thread left it: its bytes, and the prepared image or why there is none."""
 
-    data: bytes | None
+    data: bytes  # empty when the file could not be read
     error: str | None  # the warning when the file is skipped
     shape: tuple[int, int] = (0, 0)  # original (height, width)
     aspect: float = 1.0  # width / height of the region used
@@ -149,9 +150,9 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
     resized = 0
 
     def read(path: Path) -> _Read:  # runs on the reading threads
-        data = read_bytes(path)
+        data = read_bytes(path) or b""
         image = decode_image(data)
-        if data is None or image is None:
+        if image is None:
             return _Read(data, f"skipping unreadable image {path}")
         try:
             one = is_gray(image) if channels == "auto" else channels == 1
@@ -166,9 +167,9 @@ def load_files(paths: Sequence[Path], height: int, width: int, channels: Channel
             ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read") as pool:
         for path, got in zip(paths, _in_order(pool, read, paths, 2 * READ_THREADS), strict=True):
             bar.update()
-            if got.error is not None or got.data is None:
+            if got.error is not None:
                 skipped.append(Path(path))
-                warn(got.error or f"skipping unreadable image {path}")
+                warn(got.error)
                 continue
             h, w = got.shape
             sizes.add((w, h))
