@@ -11,6 +11,7 @@ rate at 1% test false rejects, pixel AUROC where ground truth exists, training t
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb [--json out.json] \
         [--keep DIR] [-- --family conv-ae --max-minutes 2]
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb --trained DIR --views 2
+    python benchmarks/quality.py ../shared/data/deeppcb --trained DIR --seg-views 2    # views of the segmenter only
 
 The second form re-evaluates models kept by an earlier `--keep DIR` (no training; "train time" is then the
 training time model.json records), here with two test-time views of draem, thresholds set afresh on the
@@ -93,10 +94,17 @@ def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int,
     return n / (time.perf_counter() - t0)
 
 
-def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views: int | None = None) -> dict[str, Any]:
+def _views(module: Any) -> str:
+    """The views column: "1", "2" (whole-model views) or "seg 2" (views of the segmenter only)."""
+    seg = len(getattr(module, "seg_flips", []))
+    return f"seg {seg + 1}" if seg else str(len(getattr(module, "flips", [])) + 1)
+
+
+def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views: int | None = None,
+          seg_views: int | None = None) -> dict[str, Any]:
     """Train the recipe on root/train/good (or take the model already in `out`), evaluate on root/test; one
-    result dict. `views` re-evaluates a draem model with that many test-time views, its thresholds then set
-    afresh on the held-out scores."""
+    result dict. `views` (`seg_views`) re-evaluates a draem model with that many test-time views (of the
+    segmenter only), its thresholds then set afresh on the held-out scores."""
     t0 = time.monotonic()
     if not trained:
         cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out",
@@ -106,6 +114,8 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     train_s = art.meta.training["seconds"] if trained else time.monotonic() - t0
     if views is not None:
         art.module.flips = VIEWS[views]  # type: ignore[union-attr]
+    if seg_views is not None:
+        art.module.seg_flips = VIEWS[seg_views]  # type: ignore[union-attr]
     spec, device = art.meta.input, torch.device("cpu")
     how = spec.preparation()  # as the model was trained
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
@@ -119,7 +129,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     sg, sd = sg_all.scores["score"], sd_all.scores["score"]
     row: dict[str, Any] = {
         "dataset": root.name, "family": art.meta.family, "size": f"{spec.width}x{spec.height}x{spec.channels}",
-        "reduction": art.meta.score.reduction, "views": len(getattr(art.module, "flips", [])) + 1,
+        "reduction": art.meta.score.reduction, "views": _views(art.module),
         "train_seconds": round(train_s, 1),
         "stopped_by": art.meta.training.get("stopped_by"), "epochs_run": art.meta.training.get("epochs_run"),
         "n_heldout": len(sv), "n_test_good": len(sg), "n_test_defect": len(sd),
@@ -127,7 +137,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
     }
     for rate in (0.01, 0.05):
-        own = rate == 0.01 and views is None  # the model's own threshold, else one set on the held-out scores
+        own = rate == 0.01 and views is None and seg_views is None  # else one set on the held-out scores
         thr = art.meta.threshold.value if own else calibrate.good_quantile(sv, rate).value
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
@@ -204,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trained", type=Path, metavar="DIR",
                    help="evaluate the models already in DIR/<data set name> (a --keep folder) instead of training")
     p.add_argument("--views", type=int, choices=sorted(VIEWS), help="evaluate draem models with this many views")
+    p.add_argument("--seg-views", type=int, choices=sorted(VIEWS),
+                   help="evaluate draem models with this many views of the segmenter (one repair)")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     check_layout(p, args.datasets)
@@ -213,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.trained / root.name
         else:
             out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
-        rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views))
+        rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views,
+                          seg_views=args.seg_views))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))

@@ -121,15 +121,21 @@ class Draem(nn.Module):
     The input is folded losslessly to 1/`fold` resolution (pixel unshuffle) so that every pixel is seen at
     a fraction of the cost; the map is unfolded back to full resolution. Fully convolutional: it can be
     trained on crops and applied to the whole frame. With `views` 2 or 4 the map is the mean over flipped
-    copies of the input (`VIEWS`), at 2 or 4 times the cost.
+    copies of the input (`VIEWS`), at 2 or 4 times the cost. With `seg_views` 2 or 4 the input is repaired once and
+    only the segmenter sees the flipped copies (of the input and of its repair), at about 1.4 times the cost for 2.
     """
 
     def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,
-                 recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3, views: int = 1) -> None:
+                 recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3, views: int = 1,
+                 seg_views: int = 1) -> None:
         super().__init__()
-        if views not in VIEWS:
-            raise ValueError(f"draem views must be one of {sorted(VIEWS)}, not {views}")
+        for name, value in (("views", views), ("seg_views", seg_views)):
+            if value not in VIEWS:
+                raise ValueError(f"draem {name} must be one of {sorted(VIEWS)}, not {value}")
+        if views > 1 and seg_views > 1:
+            raise ValueError("draem takes views or seg_views, not both")
         self.flips = VIEWS[views]
+        self.seg_flips = VIEWS[seg_views]
         step = fold * 2 ** max(recon_depth, seg_depth)
         if height % step or width % step:
             raise ValueError(f"draem with fold {fold} and depth {max(recon_depth, seg_depth)} needs height and "
@@ -144,11 +150,16 @@ class Draem(nn.Module):
         """The reconstruction (B, C, H, W) and the anomaly logits (B, 1, H, W)."""
         u = F.pixel_unshuffle(x, self.fold)  # (B, C * fold**2, H / fold, W / fold)
         r = self.recon(u)
+        return F.pixel_shuffle(r, self.fold), self.segment(u, r)
+
+    def segment(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Anomaly logits (B, 1, H, W) of a folded input and its folded repair."""
         logits = self.seg(torch.cat([u, r, (u - r).abs()], dim=1))  # (B, 1, H / fold, W / fold)
-        logits = F.interpolate(logits, scale_factor=float(self.fold), mode="bilinear", align_corners=False)
-        return F.pixel_shuffle(r, self.fold), logits
+        return F.interpolate(logits, scale_factor=float(self.fold), mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
+        if self.seg_flips:
+            return self._segment_views(x)
         if not self.flips:
             return torch.sigmoid(self.repair(x)[1].float())
         b = x.shape[0]
@@ -158,6 +169,20 @@ class Draem(nn.Module):
         for i, dims in enumerate(self.flips):
             total = total + maps[(i + 1) * b:(i + 2) * b].flip(dims)  # back to the input's orientation
         return total / (1 + len(self.flips))
+
+    def _segment_views(self, x: torch.Tensor) -> torch.Tensor:
+        """One repair; the segmenter runs on it and on flipped copies of the input and the repair (in image space,
+        then folded), and its maps, flipped back, are averaged."""
+        b = x.shape[0]
+        repaired = self.recon(F.pixel_unshuffle(x, self.fold))
+        image = F.pixel_shuffle(repaired, self.fold)
+        xs = torch.cat([x] + [x.flip(dims) for dims in self.seg_flips])
+        rs = torch.cat([image] + [image.flip(dims) for dims in self.seg_flips])
+        maps = torch.sigmoid(self.segment(F.pixel_unshuffle(xs, self.fold), F.pixel_unshuffle(rs, self.fold)).float())
+        total = maps[:b]
+        for i, dims in enumerate(self.seg_flips):
+            total = total + maps[(i + 1) * b:(i + 2) * b].flip(dims)
+        return total / (1 + len(self.seg_flips))
 
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {"conv-ae": ConvAE, "dense-ae": DenseAE, "draem": Draem}

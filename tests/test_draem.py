@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from inspector import evaluate
 from inspector.artifact import Artifact, ArtifactError, load_artifact
 from inspector.defects import FILLS, MIN_CHANGE, defect_batch, fill, make_defect, noise_blobs, spots, strokes
 from inspector.device import native_bf16
 from inspector.inference import score_artifact
-from inspector.model import ANOMALY_MAP, RECONSTRUCTION, build_model, output_kind
+from inspector.model import ANOMALY_MAP, RECONSTRUCTION, Draem, build_model, output_kind
 from inspector.repair import crop_size, focal_loss, random_crops
 from inspector.scoring import heat_map, make_reduction, map_max, map_topk, reduction_output
 from inspector.synth import PartRenderer
@@ -86,15 +88,21 @@ def test_draem_outputs_a_full_resolution_map_in_unit_range() -> None:
     assert output_kind("draem") == ANOMALY_MAP and output_kind("conv-ae") == RECONSTRUCTION
 
 
+def _sharing_weights(*variants: dict[str, int]) -> list[Draem]:
+    """A one-view draem, then one per variant of its hparams, all with its weights, in eval mode."""
+    torch.manual_seed(0)
+    one = cast(Draem, build_model("draem", 1, 32, 32, **HP).eval())
+    nets = [one]
+    for variant in variants:
+        nets.append(cast(Draem, build_model("draem", 1, 32, 32, **variant, **HP).eval()))
+        nets[-1].load_state_dict(one.state_dict())
+    return nets
+
+
 def test_draem_views_average_the_maps_of_flipped_inputs() -> None:
     """views=2 maps x to the mean of its own map and the flipped-back map of its mirror image; views=4 adds the
     vertical and the double flip; other counts are refused."""
-    torch.manual_seed(0)
-    one = build_model("draem", 1, 32, 32, **HP).eval()
-    two = build_model("draem", 1, 32, 32, views=2, **HP).eval()
-    four = build_model("draem", 1, 32, 32, views=4, **HP).eval()
-    two.load_state_dict(one.state_dict())
-    four.load_state_dict(one.state_dict())
+    one, two, four = _sharing_weights({"views": 2}, {"views": 4})
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
         m, h, v, hv = one(x), one(x.flip(3)).flip(3), one(x.flip(2)).flip(2), one(x.flip(2, 3)).flip(2, 3)
@@ -105,12 +113,37 @@ def test_draem_views_average_the_maps_of_flipped_inputs() -> None:
         build_model("draem", 1, 32, 32, views=3, **HP)
 
 
-def test_draem_traces_with_views_in_bfloat16() -> None:
+def test_draem_segmenter_views_repair_once_and_segment_the_mirrored_pair() -> None:
+    """seg_views=2 maps x to the mean of its own map and the flipped-back map that the segmenter gives for the
+    mirrored input beside its mirrored repair (the repair of x itself, not of the mirror image); seg_views=4 adds
+    the vertical and the double flip; views and seg_views together are refused."""
+    one, two, four, full = _sharing_weights({"seg_views": 2}, {"seg_views": 4}, {"views": 2})
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        repaired, logits = one.repair(x)
+
+        def seen(dims: list[int]) -> torch.Tensor:
+            u, r = F.pixel_unshuffle(x.flip(dims), 2), F.pixel_unshuffle(repaired.flip(dims), 2)
+            return torch.sigmoid(one.segment(u, r)).flip(dims)
+
+        m = torch.sigmoid(logits)
+        torch.testing.assert_close(two(x), (m + seen([3])) / 2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(four(x), (m + seen([3]) + seen([2]) + seen([2, 3])) / 4, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(two(x), m)  # the views do differ
+        assert not torch.allclose(two(x), full(x))  # not the two repairs of views=2
+    with pytest.raises(ValueError, match="views or seg_views, not both"):
+        build_model("draem", 1, 32, 32, views=2, seg_views=2, **HP)
+    with pytest.raises(ValueError, match="seg_views must be one of"):
+        build_model("draem", 1, 32, 32, seg_views=3, **HP)
+
+
+@pytest.mark.parametrize("views", [{"views": 2}, {"seg_views": 2}])
+def test_draem_traces_with_views_in_bfloat16(views: dict[str, int]) -> None:
     """The worker's TorchScript path takes a two-view draem in bf16 and returns float32 maps close to fp32's."""
     from inspector.worker import trace
 
     torch.manual_seed(0)
-    net = build_model("draem", 1, 32, 32, views=2, **HP).eval()
+    net = build_model("draem", 1, 32, 32, **views, **HP).eval()
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         want = net(x)
