@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seg-views", type=int, choices=sorted(VIEWS),
                    help="evaluate draem models with this many views of the segmenter (one repair)")
     args = p.parse_args(argv)
+    if (args.views or 1) > 1 and (args.seg_views or 1) > 1:  # as Draem refuses them together
+        p.error("--views and --seg-views are not taken together")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     check_layout(p, args.datasets)
     rows = []
