@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from inspector.dataset import load_folder  # noqa: E402
 from inspector.model import build_model  # noqa: E402
 from inspector.repair import random_crops, repair_loss  # noqa: E402
 from inspector.scoring import make_reduction  # noqa: E402
+from inspector.train import DEFAULT_HPARAMS  # noqa: E402
 
 
 def maps(net: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
@@ -53,7 +55,7 @@ def reductions(m: torch.Tensor) -> dict[str, np.ndarray]:
             "top0.1": flat.topk(max(1, flat.shape[1] // 1000), 1).values.mean(1).double().numpy()}
 
 
-def train_step_ms(hp: dict[str, int], crop: int, batch: int, steps: int = 20) -> dict[str, float]:
+def train_step_ms(hp: dict[str, Any], crop: int, batch: int, steps: int = 20) -> dict[str, float]:
     """Milliseconds per training step (synthetic defects, forward, backward, Adam) in fp32 and bf16 autocast."""
     net = build_model("draem", 1, crop, crop, **hp).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -89,15 +91,16 @@ def main() -> int:
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
     torch.set_num_threads(2)
-    hp = {k: int(v) for k, v in (h.split("=", 1) for h in a.hparam)}
+    given = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (h.split("=", 1) for h in a.hparam)}
+    hp = {**DEFAULT_HPARAMS["draem"], **given}  # the default recipe's model, with the given changes
     if a.speed:
         net = build_model("draem", 1, a.size, a.size, **hp).eval()
         n_params = sum(p.numel() for p in net.parameters())
         fps = frames_per_second(net, make_reduction("map_max"), 1, a.size, a.size)
-        print(json.dumps({"hparams": hp, "size": a.size, "parameters": n_params, "frames_per_s": round(fps, 1)}))
+        print(json.dumps({"hparams": given, "size": a.size, "parameters": n_params, "frames_per_s": round(fps, 1)}))
         return 0
     if a.train_speed:
-        print(json.dumps({"hparams": hp, "crop": a.crop, "batch": a.batch, **train_step_ms(hp, a.crop, a.batch)}))
+        print(json.dumps({"hparams": given, "crop": a.crop, "batch": a.batch, **train_step_ms(hp, a.crop, a.batch)}))
         return 0
     if a.dataset is None:
         p.error("give a data set folder (or --speed)")
@@ -130,7 +133,7 @@ def main() -> int:
         steps += 1
     net.eval()
     rv, rg, rd = reductions(maps(net, val)), reductions(maps(net, good.images)), reductions(maps(net, defect.images))
-    out: dict[str, object] = {"dataset": a.dataset.name, "hparams": hp, "crop": a.crop, "batch": a.batch,
+    out: dict[str, object] = {"dataset": a.dataset.name, "hparams": given, "crop": a.crop, "batch": a.batch,
                               "steps": steps, "train_s": round(time.monotonic() - t0)}
     for name in rv:
         g, d = rg[name], rd[name]

@@ -7,7 +7,7 @@ Every model maps a float batch in [0, 1] of shape (B, C, H, W) either to its rec
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -61,23 +61,28 @@ class DenseAE(nn.Module):
         return self.decoder(z).view(x.shape[0], *self.shape)
 
 
-def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True)]
+Padding = Literal["zeros", "reflect"]  # draem's convolutions: what lies beyond the frame's edge
+PADDINGS: tuple[str, ...] = get_args(Padding)
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1, padding: Padding = "zeros") -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, padding_mode=padding),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 class RepairAE(nn.Module):
     """Bottleneck autoencoder without skips (it cannot copy a defect through): (B, C, h, w) -> same, in [0, 1]."""
 
-    def __init__(self, channels: int, width: int, depth: int) -> None:
+    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros") -> None:
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]
-        enc = _conv(channels, widths[0])
+        enc = _conv(channels, widths[0], padding=padding)
         for i in range(depth):
-            enc += _conv(widths[i], widths[i + 1], stride=2)
+            enc += _conv(widths[i], widths[i + 1], stride=2, padding=padding)
         self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
-        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
+        self.decoder = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i], padding=padding))
+                                      for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], channels, 3, padding=1, padding_mode=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, h, w)
         z = self.encoder(x)  # (B, width * 2**depth, h / 2**depth, w / 2**depth)
@@ -89,14 +94,16 @@ class RepairAE(nn.Module):
 class SegUNet(nn.Module):
     """Small U-Net with additive skips: (B, C, h, w) -> logits (B, 1, h, w)."""
 
-    def __init__(self, channels: int, width: int, depth: int) -> None:
+    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros") -> None:
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]
-        self.stem = nn.Sequential(*_conv(channels, widths[0]))
-        self.down = nn.ModuleList([nn.Sequential(*_conv(widths[i], widths[i + 1], stride=2),
-                                                 *_conv(widths[i + 1], widths[i + 1])) for i in range(depth)])
-        self.up = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
-        self.head = nn.Conv2d(widths[0], 1, 3, padding=1)
+        self.stem = nn.Sequential(*_conv(channels, widths[0], padding=padding))
+        self.down = nn.ModuleList([nn.Sequential(*_conv(widths[i], widths[i + 1], stride=2, padding=padding),
+                                                 *_conv(widths[i + 1], widths[i + 1], padding=padding))
+                                   for i in range(depth)])
+        self.up = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i], padding=padding))
+                                 for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], 1, 3, padding=1, padding_mode=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, 1, h, w)
         h = self.stem(x)
@@ -123,12 +130,17 @@ class Draem(nn.Module):
     trained on crops and applied to the whole frame. With `views` 2 or 4 the map is the mean over flipped
     copies of the input (`VIEWS`), at 2 or 4 times the cost. With `seg_views` 2 or 4 the input is repaired once and
     only the segmenter sees the flipped copies (of the input and of its repair), at about 1.6 times the cost for 2.
+    `padding` "reflect" extends every convolution's input by reflection instead of zeros, so that the frame's edge
+    looks to the network like its inside (an option: docs/quality.md row 71); "zeros" is the default, and what a
+    model.json without it means.
     """
 
     def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,
                  recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3, views: int = 1,
-                 seg_views: int = 1) -> None:
+                 seg_views: int = 1, padding: str = "zeros") -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"draem padding must be one of {', '.join(PADDINGS)}, not {padding!r}")
         for name, value in (("views", views), ("seg_views", seg_views)):
             if value not in VIEWS:
                 raise ValueError(f"draem {name} must be one of {sorted(VIEWS)}, not {value}")
@@ -143,8 +155,9 @@ class Draem(nn.Module):
         self.fold = fold
         self.step = step  # sizes must be multiples of this (training crops included)
         c = channels * fold * fold
-        self.recon = RepairAE(c, recon_width, recon_depth)
-        self.seg = SegUNet(3 * c, seg_width, seg_depth)
+        pad = cast(Padding, padding)
+        self.recon = RepairAE(c, recon_width, recon_depth, pad)
+        self.seg = SegUNet(3 * c, seg_width, seg_depth, pad)
 
     def repair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction (B, C, H, W) and the anomaly logits (B, 1, H, W)."""

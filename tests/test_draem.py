@@ -88,7 +88,7 @@ def test_draem_outputs_a_full_resolution_map_in_unit_range() -> None:
     assert output_kind("draem") == ANOMALY_MAP and output_kind("conv-ae") == RECONSTRUCTION
 
 
-def _sharing_weights(*variants: dict[str, int]) -> list[Draem]:
+def _sharing_weights(*variants: dict[str, int | str]) -> list[Draem]:
     """A one-view draem, then one per variant of its hparams, all with its weights, in eval mode."""
     torch.manual_seed(0)
     one = cast(Draem, build_model("draem", 1, 32, 32, **HP).eval())
@@ -154,6 +154,21 @@ def test_draem_traces_with_views_in_bfloat16(views: dict[str, int]) -> None:
         got = traced(x.to(torch.bfloat16))
     assert got.dtype == torch.float32 and got.shape == (4, 1, 32, 32)
     assert float((got - want).abs().max()) < 0.05
+
+
+def test_draem_reflect_padding_sees_the_frame_edge_as_its_inside() -> None:
+    """With padding "reflect" (an option) every convolution extends its input by reflection, so a flat frame gets a
+    flat map right up to its edge; with "zeros" (the default, and what a model.json without padding means) the same
+    weights answer differently at the edge. An unknown padding is refused."""
+    zeros, reflect = _sharing_weights({"padding": "reflect"})
+    x = torch.full((2, 1, 32, 32), 0.4)
+    with torch.no_grad():
+        flat, edged = reflect(x), zeros(x)
+    assert float(flat.max() - flat.min()) < 1e-5
+    assert float(edged.max() - edged.min()) > 1e-3
+    assert all(m.padding_mode == "zeros" for m in zeros.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(ValueError, match="padding must be one of"):
+        build_model("draem", 1, 32, 32, padding="circular", **HP)
 
 
 def test_draem_rejects_sizes_it_cannot_fold() -> None:
@@ -260,6 +275,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     art = load_artifact(draem_model)
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
     assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
+    assert art.meta.hparams["padding"] == "zeros"  # "reflect" wins a little and costs training time (quality.md, 71)
     assert art.meta.training["precision"] == "fp32"
     sg, sd = _generated_scores(art, tmp_path)
     # 0.97-1.0 with 1-16 torch threads here, 0.93 on a 16-core machine with torch 2.11; one epoch gives 0.66
