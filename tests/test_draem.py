@@ -157,8 +157,8 @@ def test_draem_traces_with_views_in_bfloat16(views: dict[str, int]) -> None:
 
 
 def test_draem_reflect_padding_sees_the_frame_edge_as_its_inside() -> None:
-    """With padding "reflect" (an option) every convolution extends its input by reflection, so a flat frame gets a
-    flat map right up to its edge; with "zeros" (the default, and what a model.json without padding means) the same
+    """With padding "reflect" (the recipe's default) every convolution extends its input by reflection, so a flat
+    frame gets a flat map right up to its edge; with "zeros" (what a model.json without padding means) the same
     weights answer differently at the edge. An unknown padding is refused."""
     zeros, reflect = _sharing_weights({"padding": "reflect"})
     x = torch.full((2, 1, 32, 32), 0.4)
@@ -169,6 +169,29 @@ def test_draem_reflect_padding_sees_the_frame_edge_as_its_inside() -> None:
     assert all(m.padding_mode == "zeros" for m in zeros.modules() if isinstance(m, torch.nn.Conv2d))
     with pytest.raises(ValueError, match="padding must be one of"):
         build_model("draem", 1, 32, 32, padding="circular", **HP)
+
+
+def test_reflect_padding_trains_through_its_own_pad_with_torchs_numbers() -> None:
+    """While gradients are recorded a reflecting convolution pads through inspector's own function (a cheaper
+    backward); its output and its gradients are torch's reflection padding's, at odd sizes and stride 2."""
+    from inspector.model import Conv2d
+
+    torch.manual_seed(0)
+    for stride, (h, w) in ((1, (7, 9)), (2, (10, 6))):
+        conv = Conv2d(3, 4, 3, stride=stride, padding=1, padding_mode="reflect").double()
+        x = torch.rand(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+        out = conv(x)
+        assert out.grad_fn is not None and type(out.grad_fn.next_functions[0][0]).__name__ == "_Reflect1Backward"
+        want = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias, stride)
+        torch.testing.assert_close(out, want)
+        g = torch.rand_like(out)
+        got_grads = torch.autograd.grad(out, (x, conv.weight), g)
+        want_grads = torch.autograd.grad(want, (x, conv.weight), g)
+        for got_g, want_g in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(got_g, want_g)
+        assert torch.autograd.gradcheck(conv, (x,))
+        with torch.no_grad():  # inference: torch's own padding, the same numbers
+            torch.testing.assert_close(conv(x), want.detach())
 
 
 def test_draem_rejects_sizes_it_cannot_fold() -> None:
@@ -275,7 +298,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     art = load_artifact(draem_model)
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
     assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
-    assert art.meta.hparams["padding"] == "zeros"  # "reflect" wins a little and costs training time (quality.md, 71)
+    assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
     assert art.meta.training["precision"] == "fp32"
     sg, sd = _generated_scores(art, tmp_path)
     # 0.97-1.0 with 1-16 torch threads here, 0.93 on a 16-core machine with torch 2.11; one epoch gives 0.66
