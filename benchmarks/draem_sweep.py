@@ -10,6 +10,10 @@ train/good.
         --hparam fold=2 --hparam recon_width=16 --hparam seg_width=16
     python benchmarks/draem_sweep.py --speed --hparam fold=4    # frames/s of an untrained model, no data
     python benchmarks/draem_sweep.py --train-speed               # ms per training step, fp32 and bf16, no data
+    python benchmarks/draem_sweep.py --speed --vs padding=zeros --rounds 6   # two models in alternating rounds
+
+Single timed runs of one model swing by up to 30 % on a shared 2-core machine; `--vs` with `--rounds` times the
+recipe's model and a changed one in alternating rounds and prints each one's median and their ratio.
 
 The images are read where they are; nothing is copied.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -75,6 +80,28 @@ def train_step_ms(hp: dict[str, Any], crop: int, batch: int, steps: int = 20) ->
     return out
 
 
+def _values(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings as hparams: whole numbers as int, the rest as str."""
+    return {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (h.split("=", 1) for h in pairs)}
+
+
+def timings(models: dict[str, dict[str, Any]], rounds: int, measure: Any) -> dict[str, Any]:
+    """`measure(hparams) -> {figure: value}` for each model, the models taking turns for `rounds` rounds; each
+    figure's median per model and, for two models, the second's median over the first's."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, hp in models.items():
+            runs[name].append(measure(hp))
+    out: dict[str, Any] = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
+                           for name, rs in runs.items()}
+    out["each"] = {name: {k: [round(r[k], 1) for r in rs] for k in rs[0]} for name, rs in runs.items()}
+    if len(models) == 2:
+        first, second = (out[name] for name in models)
+        out["ratio"] = {k: round(second[k] / first[k], 3) for k in first}
+    out["rounds"] = rounds
+    return out
+
+
 def main() -> int:
     """Train one variant, print one JSON line of results."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -89,18 +116,26 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--vs", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --speed or --train-speed: also time the model with these changes, in alternating rounds")
+    p.add_argument("--rounds", type=int, default=1, help="with --speed or --train-speed: rounds per model (medians)")
     a = p.parse_args()
     torch.set_num_threads(2)
-    given = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (h.split("=", 1) for h in a.hparam)}
+    given = _values(a.hparam)
     hp = {**DEFAULT_HPARAMS["draem"], **given}  # the default recipe's model, with the given changes
+    models = {"model": hp} | ({"vs_model": {**hp, **_values(a.vs)}} if a.vs else {})
+    head = {"hparams": given} | ({"vs": _values(a.vs)} if a.vs else {})
     if a.speed:
-        net = build_model("draem", 1, a.size, a.size, **hp).eval()
-        n_params = sum(p.numel() for p in net.parameters())
-        fps = frames_per_second(net, make_reduction("map_max"), 1, a.size, a.size)
-        print(json.dumps({"hparams": given, "size": a.size, "parameters": n_params, "frames_per_s": round(fps, 1)}))
+        def fps(h: dict[str, Any]) -> dict[str, float]:
+            net = build_model("draem", 1, a.size, a.size, **h).eval()
+            return {"frames_per_s": frames_per_second(net, make_reduction("map_max"), 1, a.size, a.size)}
+        n_params = sum(p.numel() for p in build_model("draem", 1, a.size, a.size, **hp).parameters())
+        print(json.dumps(head | {"size": a.size, "parameters": n_params} | timings(models, a.rounds, fps)))
         return 0
     if a.train_speed:
-        print(json.dumps({"hparams": given, "crop": a.crop, "batch": a.batch, **train_step_ms(hp, a.crop, a.batch)}))
+        def step_ms(h: dict[str, Any]) -> dict[str, float]:
+            return train_step_ms(h, a.crop, a.batch)
+        print(json.dumps(head | {"crop": a.crop, "batch": a.batch} | timings(models, a.rounds, step_ms)))
         return 0
     if a.dataset is None:
         p.error("give a data set folder (or --speed)")
@@ -136,12 +171,12 @@ def main() -> int:
     out: dict[str, object] = {"dataset": a.dataset.name, "hparams": given, "crop": a.crop, "batch": a.batch,
                               "steps": steps, "train_s": round(time.monotonic() - t0)}
     for name in rv:
-        g, d = rg[name], rd[name]
-        c1 = evaluate.confusion(g, d, calibrate.good_quantile(rv[name], 0.01).value)
-        c5 = evaluate.confusion(g, d, calibrate.good_quantile(rv[name], 0.05).value)
-        out[name] = {"auroc": evaluate.auroc(g, d), "ap": evaluate.average_precision(g, d), "miss1": c1.miss_rate,
-                     "fr1": c1.false_reject_rate, "miss5": c5.miss_rate,
-                     "roc_miss1": evaluate.miss_rate_at_false_reject(g, d, 0.01)[0]}
+        sg, sd = rg[name], rd[name]
+        c1 = evaluate.confusion(sg, sd, calibrate.good_quantile(rv[name], 0.01).value)
+        c5 = evaluate.confusion(sg, sd, calibrate.good_quantile(rv[name], 0.05).value)
+        out[name] = {"auroc": evaluate.auroc(sg, sd), "ap": evaluate.average_precision(sg, sd),
+                     "miss1": c1.miss_rate, "fr1": c1.false_reject_rate, "miss5": c5.miss_rate,
+                     "roc_miss1": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0]}
     masks = [ground_truth(a.dataset, path, a.size, a.size) for path in defect.paths]
     if all(m is not None for m in masks):
         labels = np.stack(masks)[:, ::2, ::2]  # type: ignore[arg-type]
