@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import frames_per_second, ground_truth  # noqa: E402
 from inspector import calibrate, evaluate  # noqa: E402
+from inspector.cli_train import _parse_hparams  # noqa: E402
 from inspector.dataset import load_folder  # noqa: E402
 from inspector.model import build_model  # noqa: E402
 from inspector.repair import random_crops, repair_loss  # noqa: E402
@@ -80,12 +81,8 @@ def train_step_ms(hp: dict[str, Any], crop: int, batch: int, steps: int = 20) ->
     return out
 
 
-def _values(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE strings as hparams: whole numbers as int, the rest as str."""
-    return {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (h.split("=", 1) for h in pairs)}
-
-
-def timings(models: dict[str, dict[str, Any]], rounds: int, measure: Any) -> dict[str, Any]:
+def timings(models: dict[str, dict[str, Any]], rounds: int,
+            measure: Callable[[dict[str, Any]], dict[str, float]]) -> dict[str, Any]:
     """`measure(hparams) -> {figure: value}` for each model, the models taking turns for `rounds` rounds; each
     figure's median per model and, for two models, the second's median over the first's."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
@@ -121,10 +118,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1, help="with --speed or --train-speed: rounds per model (medians)")
     a = p.parse_args()
     torch.set_num_threads(2)
-    given = _values(a.hparam)
+    given, changes = _parse_hparams(a.hparam), _parse_hparams(a.vs)  # as `inspector train --hparam` reads them
     hp = {**DEFAULT_HPARAMS["draem"], **given}  # the default recipe's model, with the given changes
-    models = {"model": hp} | ({"vs_model": {**hp, **_values(a.vs)}} if a.vs else {})
-    head = {"hparams": given} | ({"vs": _values(a.vs)} if a.vs else {})
+    models = {"model": hp} | ({"vs_model": {**hp, **changes}} if changes else {})
+    head = {"hparams": given} | ({"vs": changes} if changes else {})
     if a.speed:
         def fps(h: dict[str, Any]) -> dict[str, float]:
             net = build_model("draem", 1, a.size, a.size, **h).eval()

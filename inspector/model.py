@@ -65,29 +65,22 @@ Padding = Literal["zeros", "reflect"]  # draem's convolutions: what lies beyond 
 PADDINGS: tuple[str, ...] = get_args(Padding)
 
 
-def _reflect1(x: torch.Tensor) -> torch.Tensor:
-    """`F.pad(x, (1, 1, 1, 1), mode="reflect")` of (B, C, H, W): copies into one new tensor of the input's memory
-    format."""
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty(x.shape[0], x.shape[1], x.shape[2] + 2, x.shape[3] + 2, dtype=x.dtype, device=x.device,
-                      memory_format=fmt)
-    out[:, :, 1:-1, 1:-1] = x
-    out[:, :, 1:-1, 0] = x[:, :, :, 1]
-    out[:, :, 1:-1, -1] = x[:, :, :, -2]
-    out[:, :, 0] = out[:, :, 2]  # corners included
-    out[:, :, -1] = out[:, :, -3]
-    return out
-
-
 class _Reflect1(torch.autograd.Function):
-    """`_reflect1` with a backward that adds the border's gradient onto its mirror rows and columns in place.
-    torch's own reflection pad, forward and backward, took a fifth of a bf16 training step of the padded draem on
-    2 CPU cores; with this one a step costs 1.3 instead of 1.55 times the zero-padded step (docs/quality.md, row
-    73). At inference torch's own pad is the faster one."""
+    """`F.pad(x, (1, 1, 1, 1), mode="reflect")` by copies into one new tensor, with a backward that adds the border's
+    gradient onto its mirror rows and columns in place. torch's own reflection pad, forward and backward, took a
+    fifth of a bf16 training step of the padded draem on 2 CPU cores; with this one a step costs 1.25 instead of
+    1.54 times the zero-padded step (docs/quality.md, row 73). At inference the copies were no faster than
+    torch's pad, which is used there."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H + 2, W + 2)
-        return _reflect1(x)
+        out = x.new_empty(x.shape[0], x.shape[1], x.shape[2] + 2, x.shape[3] + 2)
+        out[:, :, 1:-1, 1:-1] = x
+        out[:, :, 1:-1, 0] = x[:, :, :, 1]
+        out[:, :, 1:-1, -1] = x[:, :, :, -2]
+        out[:, :, 0] = out[:, :, 2]  # corners included
+        out[:, :, -1] = out[:, :, -3]
+        return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # (B, C, H + 2, W + 2) -> (B, C, H, W)
