@@ -116,8 +116,9 @@ def test_fake_camera_frames_settings_and_close_twice(aravis: Any) -> None:
     assert s["device_id"] == "Fake_1" and s["pixel_format"] == "Mono8" and s["region"][2:] == (64, 48)
     assert s["exposure_us"] == pytest.approx(1000) and s["gain_db"] == pytest.approx(2.0)
     assert s["frame_rate"] == pytest.approx(200) and s["trigger_mode"] == "Off"
-    assert 100 < rate < 400, f"{rate:.0f} frames/s at frame_rate = 200"
-    print(f"Fake interface: {rate:.0f} frames/s at frame_rate = 200, 64x48 Mono8")
+    steps = sorted(b.camera_time - a.camera_time for a, b in zip(grabs, grabs[1:], strict=False))  # type: ignore[operator]
+    assert 2.5e6 < steps[len(steps) // 2] < 10e6, "the camera's own clock: 5 ms between frames at frame_rate = 200"
+    print(f"Fake interface: {rate:.0f} frames/s received at frame_rate = 200, 64x48 Mono8")
     with pytest.raises(OSError, match="not open"):
         cam.read()
     cam.open()  # a reopen after close starts afresh
@@ -237,9 +238,10 @@ print("RESULT " + json.dumps(out))
 
 
 def test_fake_gige_camera_through_the_network_stack(gige_netns: GigENamespace, tmp_path: Path) -> None:
-    """GigE Vision over UDP on the namespace's loopback: discovery, control, streaming at the configured rate with
-    every frame whole, the camera's timestamps rising with its frame ids, settings read back; with a software
-    trigger a frame comes only when triggered."""
+    """GigE Vision over UDP on the namespace's loopback: discovery, control, streaming at the configured rate (by the
+    camera's own clock; the rate received is printed, not asserted, as it follows the machine's load) with every
+    frame whole, the camera's timestamps rising with its frame ids, settings read back; with a software trigger a
+    frame comes only when triggered."""
     out = gige_netns.run(GIGE_SCRIPT, tmp_path)
     print(f"fake GigE camera in a namespace: {out['rate']:.0f} frames/s at frame_rate = 200, 320x240 Mono8, "
           f"{out['incomplete']} incomplete")
@@ -249,7 +251,6 @@ def test_fake_gige_camera_through_the_network_stack(gige_netns: GigENamespace, t
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert all(isinstance(t, int) and t > 0 for t in stamps) and all(step > 0 for step in steps), stamps[:5]
     assert 2e6 < sorted(steps)[len(steps) // 2] < 10e6, "the camera's clock in ns: 5 ms between frames at 200/s"
-    assert out["rate"] > 100, f"{out['rate']:.0f} frames/s at frame_rate = 200"
     assert out["settings"]["device_id"] == "Aravis-Fake-GV01" and out["settings"]["frame_rate"] == 200
     assert out["settings"]["packet_size"] >= 576
     assert out["untriggered"].startswith("NoFrame: ") and "no trigger on Software" in out["untriggered"]
