@@ -228,6 +228,20 @@ def test_crops_and_focal_loss() -> None:
     assert focal_loss(right, target) < focal_loss(wrong, target)
 
 
+def test_crops_are_windows_of_the_image_that_reach_its_borders() -> None:
+    """Every crop is a window of its image; each border row and column is in about a quarter of the crops (drawn
+    uniformly inside the image it would be in 1 of 33), and no row in more than 3.5 times as many."""
+    n, side, crop = 4000, 64, 32
+    x = torch.arange(side * side, dtype=torch.float32).view(1, 1, side, side).expand(n, 1, side, side)
+    crops = random_crops(x, (crop, crop), np.random.default_rng(0))
+    ys, xs = crops[:, 0, 0, 0].long() // side, crops[:, 0, 0, 0].long() % side
+    assert all(torch.equal(c, x[0, :, y:y + crop, c0:c0 + crop]) for c, y, c0 in zip(crops[:50], ys, xs, strict=False))
+    for origin in (ys, xs):
+        covered = torch.stack([((origin <= r) & (r < origin + crop)).float().mean() for r in range(side)])
+        assert 0.2 < covered[0] < 0.3 and 0.2 < covered[-1] < 0.3, covered[[0, -1]]
+        assert covered.min() == min(covered[0], covered[-1]) and covered.max() < 3.5 * covered.min()
+
+
 def test_a_map_reduction_does_not_fit_an_autoencoder() -> None:
     """Training settings that pair a family with a reduction for the other output kind are refused."""
     with pytest.raises(ValueError, match="reads a reconstruction"):
