@@ -62,6 +62,11 @@ def has_verdict(msgs: list[tuple[str, dict]]) -> bool:
     return any(t != "heartbeat" for t, _ in msgs)
 
 
+def until_first_verdict(sock: zmq.Socket, proc: subprocess.Popen) -> list[tuple[str, dict]]:
+    """Messages until the daemon's first verdict (or its exit): it is running and publishing."""
+    return read_until(sock, 60.0, lambda got: has_verdict(got) or proc.poll() is not None)
+
+
 def terminate(proc: subprocess.Popen, sock: zmq.Socket) -> list[tuple[str, dict]]:
     """SIGTERM the daemon, collect what its shutdown drains until it has exited and its socket is quiet, and
     check that it exits 0."""
@@ -77,7 +82,7 @@ def test_sigterm_drains_publishes_everything_and_exits_0(tmp_path: Path) -> None
     sub = subscriber(f"ipc://{tmp_path}/pub.ipc")
     proc = start(cfg)
     try:
-        msgs = read_until(sub, 60.0, lambda got: has_verdict(got) or proc.poll() is not None)
+        msgs = until_first_verdict(sub, proc)
         assert has_verdict(msgs), proc.stderr.read() if proc.poll() is not None else ""
         msgs += terminate(proc, sub)
     finally:
@@ -123,7 +128,7 @@ def test_second_sigint_forces_exit_without_draining(tmp_path: Path) -> None:
     sub = subscriber(f"ipc://{tmp_path}/pub.ipc")
     proc = start(cfg)
     try:
-        msgs = read_until(sub, 60.0, lambda got: has_verdict(got) or proc.poll() is not None)
+        msgs = until_first_verdict(sub, proc)
         assert has_verdict(msgs), "the daemon should be running (and publishing) before it is interrupted"
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
