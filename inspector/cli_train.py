@@ -78,6 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--flip", action="store_true", help="also mirror training images at random")
     p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",
                    help="draem trains on random crops of this share of each side (default 0.5; 1: whole images)")
+    p.add_argument("--defect-size", default="crop", choices=("crop", "image"),
+                   help="draem's synthetic defects sized to the training crop (default), or each between the crop's "
+                        "side and the image's: for parts whose defects are large regions (textures, tiles)")
     p.add_argument("--fit", default="auto", choices=("auto", "stretch", "pad"),
                    help="images of another aspect than the input's: stretched, padded (aspect kept, margins "
                         "reflected), or auto (padded when the training images' aspects differ)")
@@ -325,7 +328,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
-            crop=args.crop, precision=args.precision, fit=args.fit, contrast=args.contrast,
+            crop=args.crop, defect_size=args.defect_size, precision=args.precision, fit=args.fit,
+            contrast=args.contrast,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -16,12 +16,15 @@ SHAPES = ("blobs", "spots", "strokes")
 FILLS = ("paste", "invert", "flat", "shift", "blur", "displace")
 
 
-def noise_blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Blobs of random size from thresholded smooth noise (Perlin-like), at least one pixel: float (H, W)."""
-    cell = rng.uniform(2.0, max(3.0, min(h, w) / 3.0))  # noise feature size in pixels
+def noise_blobs(rng: np.random.Generator, h: int, w: int, scale: float | None = None) -> np.ndarray:
+    """Blobs of random size from thresholded smooth noise (Perlin-like), at least one pixel: float (H, W).
+    Sized to `scale` px (default: the shorter side); a larger scale makes larger blobs covering more of it."""
+    cell = rng.uniform(2.0, max(3.0, (scale or min(h, w)) / 3.0))  # noise feature size in pixels
     gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
     noise = cv2.resize(rng.standard_normal((gh, gw)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     keep = rng.uniform(0.003, 0.08)  # share of the image covered
+    if scale:
+        keep = min(0.5, keep * scale * scale / (h * w))
     mask = (noise >= np.quantile(noise, 1.0 - keep)).astype(np.float32)
     if rng.random() < 0.7:  # keep one region only: a single local defect
         n, labels = cv2.connectedComponents(mask.astype(np.uint8))
@@ -30,10 +33,11 @@ def noise_blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return mask
 
 
-def spots(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """One to four small ellipses (pin-holes, blow-holes, specks): float (H, W)."""
+def spots(rng: np.random.Generator, h: int, w: int, scale: float | None = None) -> np.ndarray:
+    """One to four small ellipses (pin-holes, blow-holes, specks), sized to `scale` px (default: the shorter
+    side): float (H, W)."""
     mask = np.zeros((h, w), np.float32)
-    scale = min(h, w)
+    scale = scale or min(h, w)
     for _ in range(int(rng.integers(1, 5))):
         centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         axes = (max(1, int(rng.uniform(0.004, 0.04) * scale)), max(1, int(rng.uniform(0.004, 0.04) * scale)))
@@ -41,10 +45,11 @@ def spots(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return mask
 
 
-def strokes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """One to three thin random polylines (cracks, scratches, shorts, opens): float (H, W)."""
+def strokes(rng: np.random.Generator, h: int, w: int, scale: float | None = None) -> np.ndarray:
+    """One to three thin random polylines (cracks, scratches, shorts, opens), sized to `scale` px (default: the
+    shorter side): float (H, W)."""
     mask = np.zeros((h, w), np.float32)
-    scale = min(h, w)
+    scale = scale or min(h, w)
     for _ in range(int(rng.integers(1, 4))):
         p = np.array([rng.uniform(0, w), rng.uniform(0, h)])
         heading = rng.uniform(0, 2 * np.pi)
@@ -53,7 +58,7 @@ def strokes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             heading += rng.normal(0, 0.6)
             p = p + rng.uniform(0.02, 0.12) * scale * np.array([np.cos(heading), np.sin(heading)])
             points.append(p.copy())
-        thickness = int(rng.integers(1, max(2, scale // 64) + 1))
+        thickness = int(rng.integers(1, max(2, int(scale) // 64) + 1))
         cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1.0, thickness)
     return mask
 
@@ -82,11 +87,13 @@ def fill(rng: np.random.Generator, image: np.ndarray, other: np.ndarray, kind: s
     raise ValueError(f"unknown defect fill {kind!r}; known: {', '.join(FILLS)}")
 
 
-def make_defect(rng: np.random.Generator, image: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A defective copy of `image` (float32 (C, H, W), [0, 1]) and its target mask (float32 (H, W))."""
+def make_defect(rng: np.random.Generator, image: np.ndarray, other: np.ndarray,
+                scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A defective copy of `image` (float32 (C, H, W), [0, 1]) and its target mask (float32 (H, W)), the shape
+    sized to `scale` px (default: the image's shorter side)."""
     _, h, w = image.shape
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    mask = {"blobs": noise_blobs, "spots": spots, "strokes": strokes}[shape](rng, h, w)
+    mask = {"blobs": noise_blobs, "spots": spots, "strokes": strokes}[shape](rng, h, w, scale)
     kind = FILLS[int(rng.integers(len(FILLS)))]
     opacity = rng.uniform(0.3, 1.0) if rng.random() < 0.5 else 1.0
     soft = cv2.GaussianBlur(mask, (0, 0), 0.7) if rng.random() < 0.5 else mask
@@ -96,12 +103,15 @@ def make_defect(rng: np.random.Generator, image: np.ndarray, other: np.ndarray) 
     return out.astype(np.float32), target
 
 
-def defect_batch(rng: np.random.Generator, images: np.ndarray, rate: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Defective copies of a batch (float (B, C, H, W)) for a `rate` share of it, and target masks (B, H, W)."""
+def defect_batch(rng: np.random.Generator, images: np.ndarray, rate: float = 0.5,
+                 scales: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Defective copies of a batch (float (B, C, H, W)) for a `rate` share of it, and target masks (B, H, W).
+    Each defect is sized to a scale drawn uniformly from `scales` (px), else to the images' shorter side."""
     out = images.astype(np.float32, copy=True)
     masks = np.zeros((len(out), *out.shape[2:]), np.float32)
     for i in range(len(images)):
         if rng.random() < rate:
             other = images[int(rng.integers(len(images)))]
-            out[i], masks[i] = make_defect(rng, images[i], other)
+            scale = rng.uniform(*scales) if scales else None
+            out[i], masks[i] = make_defect(rng, images[i], other, scale)
     return out, masks

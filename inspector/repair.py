@@ -51,17 +51,18 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_
     return ((1.0 - p_true) ** gamma * bce).mean()
 
 
-def paint(clean: torch.Tensor, rng: np.random.Generator,
-          rate: float = DEFECT_RATE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic defects on a `rate` share of the batch: the painted batch and the masks (B, 1, H, W)."""
-    painted, masks = defect_batch(rng, clean.detach().cpu().numpy(), rate)
+def paint(clean: torch.Tensor, rng: np.random.Generator, rate: float = DEFECT_RATE,
+          scales: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic defects on a `rate` share of the batch (sized as `defect_batch` says): the painted batch and the
+    masks (B, 1, H, W)."""
+    painted, masks = defect_batch(rng, clean.detach().cpu().numpy(), rate, scales)
     return (torch.from_numpy(painted).to(clean.device),
             torch.from_numpy(masks).unsqueeze(1).to(clean.device))
 
 
 def repair_loss(model: nn.Module, clean: torch.Tensor, rng: np.random.Generator,
-                rate: float = DEFECT_RATE) -> torch.Tensor:
+                rate: float = DEFECT_RATE, scales: tuple[float, float] | None = None) -> torch.Tensor:
     """Focal segmentation loss on the painted pixels plus L2 between the repair and the clean images."""
-    painted, masks = paint(clean, rng, rate)
+    painted, masks = paint(clean, rng, rate, scales)
     recon, logits = model.repair(painted)  # type: ignore[operator]
     return FOCAL_WEIGHT * focal_loss(logits.float(), masks) + F.mse_loss(recon.float(), clean)  # fp32 under autocast

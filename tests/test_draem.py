@@ -46,6 +46,28 @@ def test_defect_shapes_are_small_non_empty_masks(shape: object) -> None:
         assert 0 < mask.sum() < 0.5 * mask.size
 
 
+@pytest.mark.parametrize("shape", [noise_blobs, spots, strokes])
+def test_defect_shapes_grow_with_their_scale(shape: object) -> None:
+    """A shape drawn at twice the scale covers clearly more of a 64x64 crop on average than one sized to the crop."""
+    def mean_area(scale: float | None) -> float:
+        rng = np.random.default_rng(3)
+        return float(np.mean([shape(rng, 64, 64, scale).sum() for _ in range(60)]))  # type: ignore[operator]
+    assert mean_area(128.0) > 1.5 * mean_area(None)
+
+
+def test_defect_size_image_draws_scales_from_the_crop_to_the_image() -> None:
+    """With `defect_size` "image" each defect on a crop is sized between the crop's side and the image's, so a batch
+    of crops carries larger defects; by default (None) they are sized to the crop."""
+    from inspector.train import defect_scales
+
+    assert defect_scales(TrainSettings(), (128, 128), (256, 256)) is None
+    assert defect_scales(TrainSettings(defect_size="image"), (128, 96), (256, 192)) == (96.0, 192.0)
+    images = np.random.default_rng(4).random((96, 1, 64, 64)).astype(np.float32)
+    small = defect_batch(np.random.default_rng(6), images, 1.0)[1].sum()
+    large = defect_batch(np.random.default_rng(6), images, 1.0, (64.0, 128.0))[1].sum()
+    assert large > 1.3 * small
+
+
 @pytest.mark.parametrize("kind", FILLS)
 def test_each_fill_keeps_shape_and_range(kind: str) -> None:
     """Each fill gives an image of the same shape in [0, 1]."""
@@ -378,10 +400,10 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
     capsys.readouterr()
 
 
-def test_cli_flip_and_crop_are_recorded_and_a_bad_crop_is_refused(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """`--flip` and `--crop` reach the training settings in model.json; a crop outside (0, 1] is a usage error
-    that names the setting, before any image is read."""
+def test_cli_flip_crop_and_defect_size_are_recorded_and_a_bad_crop_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--flip`, `--crop` and `--defect-size` reach the training settings in model.json; a crop outside (0, 1] is a
+    usage error that names the setting, before any image is read."""
     from inspector.cli import EXIT_USAGE, main
 
     good = tmp_path / "good"
@@ -389,9 +411,9 @@ def test_cli_flip_and_crop_are_recorded_and_a_bad_crop_is_refused(tmp_path: Path
     hp = [arg for kv in HP.items() for arg in ("--hparam", f"{kv[0]}={kv[1]}")]
     model = tmp_path / "m"
     assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "1", "--batch-size",
-                 "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1", *hp]) == 0
+                 "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1", "--defect-size", "image", *hp]) == 0
     settings = json.loads((model / "model.json").read_text())["training"]["settings"]
-    assert settings["augment"]["flip"] is True and settings["crop"] == 1.0
+    assert settings["augment"]["flip"] is True and settings["crop"] == 1.0 and settings["defect_size"] == "image"
     capsys.readouterr()
     args = ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m2"), "--crop", "0"]
     assert main(args) == EXIT_USAGE
