@@ -12,10 +12,12 @@ rate at 1% test false rejects, pixel AUROC where ground truth exists, training t
         [--keep DIR] [-- --family conv-ae --max-minutes 2]
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb --trained DIR --views 2
     python benchmarks/quality.py ../shared/data/deeppcb --trained DIR --seg-views 2    # views of the segmenter only
+    python benchmarks/quality.py ../shared/data/magnetic_tile --trained DIR --scales auto  # choose draem's scales
 
 The second form re-evaluates models kept by an earlier `--keep DIR` (no training; "train time" is then the
 training time model.json records), here with two test-time views of draem, thresholds set afresh on the
-held-out good images.
+held-out good images. `--scales auto` gives a kept draem model the coarser views training now chooses
+(from its held-out good images, `inspector.scales`), or the factors given (`--scales 1,0.75,0.5`).
 
 Ground truth: masks ground_truth/defect/<name>.png (thresholded at 128), or boxes
 ground_truth/defect_bboxes/<id>.txt (`x1 y1 x2 y2 ...` per line; <id> is the image name without a
@@ -46,8 +48,9 @@ from inspector.artifact import Artifact, load_artifact  # noqa: E402
 from inspector.dataset import load_files, load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
-from inspector.model import VIEWS  # noqa: E402
+from inspector.model import VIEWS, check_scales  # noqa: E402
 from inspector.preprocess import Fit, resize  # noqa: E402
+from inspector.scales import choose_scales  # noqa: E402
 from inspector.scoring import Reduction  # noqa: E402
 from inspector.worker import trace  # noqa: E402
 
@@ -95,16 +98,20 @@ def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int,
 
 
 def _views(module: Any) -> str:
-    """The views column: "1", "2" (whole-model views) or "seg 2" (views of the segmenter only)."""
+    """The views column: "1", "2" (whole-model views) or "seg 2" (views of the segmenter only), and draem's
+    scales where there are more than one ("1 at 1/0.75/0.5")."""
     seg = len(getattr(module, "seg_flips", []))
-    return f"seg {seg + 1}" if seg else str(len(getattr(module, "flips", [])) + 1)
+    views = f"seg {seg + 1}" if seg else str(len(getattr(module, "flips", [])) + 1)
+    scales = getattr(module, "scales", [1.0])
+    return f"{views} at {'/'.join(f'{f:g}' for f in scales)}" if len(scales) > 1 else views
 
 
 def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views: int | None = None,
-          seg_views: int | None = None) -> dict[str, Any]:
+          seg_views: int | None = None, scales: str | None = None) -> dict[str, Any]:
     """Train the recipe on root/train/good (or take the model already in `out`), evaluate on root/test; one
     result dict. `views` (`seg_views`) re-evaluates a draem model with that many test-time views (of the
-    segmenter only), its thresholds then set afresh on the held-out scores."""
+    segmenter only), `scales` ("auto" or factors "1,0.75") with those scales, its thresholds then set afresh
+    on the held-out scores."""
     t0 = time.monotonic()
     if not trained:
         cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out",
@@ -123,6 +130,10 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)
     held = [p for p in train_good.paths if p.name in _held_out_names(art)]
     val = load_files(held, spec.height, spec.width, spec.channels, **how)
+    if scales is not None:
+        art.module.scales = (  # type: ignore[union-attr]
+            choose_scales(art.module, val.images, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
+            if scales == "auto" else check_scales([float(f) for f in scales.split(",")]))
     sv = score_artifact(art, val.images, device).scores["score"]
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)
@@ -137,7 +148,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
     }
     for rate in (0.01, 0.05):
-        own = rate == 0.01 and views is None and seg_views is None  # else one set on the held-out scores
+        own = rate == 0.01 and views is None and seg_views is None and scales is None  # else from held-out
         thr = art.meta.threshold.value if own else calibrate.good_quantile(sv, rate).value
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
@@ -216,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, choices=sorted(VIEWS), help="evaluate draem models with this many views")
     p.add_argument("--seg-views", type=int, choices=sorted(VIEWS),
                    help="evaluate draem models with this many views of the segmenter (one repair)")
+    p.add_argument("--scales", metavar="auto|1[,F...]",
+                   help="evaluate draem models at these scales, or those chosen from the held-out good images")
     args = p.parse_args(argv)
     if (args.views or 1) > 1 and (args.seg_views or 1) > 1:  # as Draem refuses them together
         p.error("--views and --seg-views are not taken together")
@@ -228,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
         rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views,
-                          seg_views=args.seg_views))
+                          seg_views=args.seg_views, scales=args.scales))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))

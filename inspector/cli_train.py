@@ -81,6 +81,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--defect-size", default="crop", choices=("crop", "image"),
                    help="draem's synthetic defects sized to the training crop (default), or each between the crop's "
                         "side and the image's: for parts whose defects are large regions (textures, tiles)")
+    p.add_argument("--scales", default="auto", metavar="auto|1[,F...]",
+                   help="draem's views of the frame: 1 (full size) and coarser resize factors, e.g. 1,0.5, the map "
+                        "their mean; auto: 0.5 added where the held-out good images' maps are clearly quieter there "
+                        "(at most 0.95x) than at full size (default auto)")
     p.add_argument("--fit", default="auto", choices=("auto", "stretch", "pad"),
                    help="images of another aspect than the input's: stretched, padded (aspect kept, margins "
                         "reflected), or auto (padded when the training images' aspects differ)")
@@ -213,6 +217,26 @@ def _check_positive(value: int, option: str) -> int:
     return value
 
 
+def _scales_line(scales: list[float], chosen: dict[str, Any] | None) -> str:
+    """The summary's scales line: the views kept and, where training chose them, how loud each one was."""
+    views = ", ".join(f"{f:g}" for f in scales)
+    if chosen is None:
+        return f"{views} (as set)"
+    loud = chosen["mean_max"]
+    full = loud["1.0"]
+    ratios = ", ".join(f"{f} {v / full:.2f}x" for f, v in loud.items() if f != "1.0" and full > 0)
+    return f"{views} (held-out good maps at {ratios} the full size's loudness; --scales 1 for the full size alone)"
+
+
+def _parse_scales(text: str) -> str | list[float]:
+    if text == "auto":
+        return text
+    try:
+        return [float(f) for f in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--scales must be auto or factors such as 1,0.5; got {text!r}") from None
+
+
 def _parse_hparams(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -328,7 +352,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, device=args.device, max_minutes=args.max_minutes or None,
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
-            crop=args.crop, defect_size=args.defect_size, precision=args.precision, fit=args.fit,
+            crop=args.crop, defect_size=args.defect_size, scales=_parse_scales(args.scales),
+            precision=args.precision, fit=args.fit,
             contrast=args.contrast,
         )
     except ValidationError as exc:
@@ -377,6 +402,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized, read in {read_seconds:.1f} s; hash "
           f"{data.content_hash[:16]}")
     print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
+    if "scales" in meta.hparams:
+        print(f"  scales    {_scales_line(meta.hparams['scales'], meta.training.get('scales'))}")
     cal = meta.calibration
     assert cal is not None  # train always calibrates
     print(f"  score     {meta.score.reduction}; held-out good scores mean {cal.mean:.4g}, max {cal.max:.4g}")

@@ -7,6 +7,7 @@ Every model maps a float batch in [0, 1] of shape (B, C, H, W) either to its rec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Literal, cast, get_args
 
 import torch
@@ -169,13 +170,16 @@ class Draem(nn.Module):
     only the segmenter sees the flipped copies (of the input and of its repair), at about 1.6 times the cost for 2.
     `padding` "reflect" extends every convolution's input by reflection instead of zeros, so that the frame's edge
     looks to the network like its inside: the training recipe's default (docs/quality.md rows 71 and 73). "zeros"
-    is what a model.json without it means, as every model trained before was.
+    is what a model.json without it means, as every model trained before was. `scales` (1 first, then coarser
+    factors such as 0.5) makes the map the mean of the maps of the input resized by each factor, each
+    resized back: a coarser view sees large regions in more context (docs/quality.md row 84); training chooses them.
     """
 
     def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,
                  recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3, views: int = 1,
-                 seg_views: int = 1, padding: str = "zeros") -> None:
+                 seg_views: int = 1, padding: str = "zeros", scales: Sequence[float] = (1.0,)) -> None:
         super().__init__()
+        self.scales = check_scales(scales)
         if padding not in PADDINGS:
             raise ValueError(f"draem padding must be one of {', '.join(PADDINGS)}, not {padding!r}")
         for name, value in (("views", views), ("seg_views", seg_views)):
@@ -208,6 +212,21 @@ class Draem(nn.Module):
         return F.interpolate(logits, scale_factor=float(self.fold), mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
+        total = self.map_at(x, self.scales[0])
+        for factor in self.scales[1:]:
+            total = total + self.map_at(x, factor)
+        return total / len(self.scales)
+
+    def map_at(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        """The map (B, 1, H, W) of the input resized by `factor` (to multiples of `step`), resized back."""
+        if factor == 1.0:
+            return self._map(x)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        size = [max(self.step, round(n * factor / self.step) * self.step) for n in (h, w)]
+        small = self._map(F.interpolate(x, size=size, mode="area"))
+        return F.interpolate(small, size=[h, w], mode="bilinear", align_corners=False)
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
         if self.seg_flips:
             return self._segment_views(x)
         if not self.flips:
@@ -226,6 +245,14 @@ class Draem(nn.Module):
         rs = torch.cat([image] + [image.flip(dims) for dims in self.seg_flips])
         maps = torch.sigmoid(self.segment(F.pixel_unshuffle(xs, self.fold), F.pixel_unshuffle(rs, self.fold)).float())
         return _mean_of_views(maps, b, self.seg_flips)
+
+
+def check_scales(scales: Sequence[float]) -> list[float]:
+    """Draem's scales as a list: 1 first, then distinct factors between 0 and 1; ValueError otherwise."""
+    out = [float(f) for f in scales]
+    if not out or out[0] != 1.0 or len(set(out)) != len(out) or not all(0.0 < f <= 1.0 for f in out):
+        raise ValueError(f"draem scales must be 1 followed by distinct factors between 0 and 1, not {list(scales)}")
+    return out
 
 
 def _mean_of_views(maps: torch.Tensor, b: int, flips: list[list[int]]) -> torch.Tensor:

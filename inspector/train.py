@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal, cast
 
 import numpy as np
 import torch
@@ -29,10 +29,11 @@ from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
 from .device import native_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
-from .model import ANOMALY_MAP, build_model, output_kind
+from .model import ANOMALY_MAP, build_model, check_scales, output_kind
 from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
+from .scales import choose_scales
 from .scoring import make_reduction, reduction_output
 
 DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
@@ -103,6 +104,11 @@ class TrainSettings(BaseModel):
         "crop", description="Anomaly-map families: synthetic defects sized to the training crop (the default), or "
                             "each sized between the crop's side and the image's, for parts whose defects are large "
                             "regions (docs/quality.md, row 79: +0.024 of AUROC on magnetic tiles, -0.018 on PCBs).")
+    scales: Literal["auto"] | list[float] = Field(
+        "auto", description="draem's views of the frame: 1 (full size) followed by coarser resize factors, the map "
+                            "being their mean; auto: 1, plus 0.5 where the model's maps of the "
+                            "held-out good images are clearly quieter than at full size (inspector.scales; "
+                            "docs/quality.md, row 84).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training arithmetic: bf16 mixed precision (about 1.6x the steps per minute where the "
                             "device computes bf16 natively), fp32, or auto (bf16 for anomaly-map families where "
@@ -158,7 +164,13 @@ def check_settings(settings: TrainSettings) -> None:
     channels = 1 if settings.channels == "auto" else settings.channels
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1, 3 or auto, got {settings.channels!r}")
-    build_model(settings.family, int(channels), settings.height, settings.width, **hparams_for(settings))
+    model = build_model(settings.family, int(channels), settings.height, settings.width, **hparams_for(settings))
+    if "scales" in settings.hparams:
+        raise ValueError("set draem's scales with the scales setting (--scales), not as a hyper-parameter")
+    if settings.scales != "auto":
+        if not hasattr(model, "map_at"):
+            raise ValueError(f"scales apply to family draem, not {settings.family!r}")
+        check_scales(settings.scales)
     reduction = reduction_for(settings)
     make_reduction(reduction, settings.reduction_params)
     if reduction_output(reduction) != output_kind(settings.family):
@@ -381,6 +393,14 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     reduce = make_reduction(reduction, settings.reduction_params)
     output = output_kind(settings.family)
     dtype = resolve_dtype("auto", device, output)  # the daemon's default arithmetic
+    scales_chosen = None
+    if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
+        if settings.scales == "auto":
+            scales, scales_chosen = choose_scales(model, images[split.val_idx], device, settings.batch_size, dtype)
+        else:
+            scales = check_scales(settings.scales)
+        cast(Any, model).scales = scales  # a Draem (it has map_at)
+        hparams = {**hparams, "scales": scales}
     val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
                      output=output, dtype=dtype).scores["score"]
     threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
@@ -390,7 +410,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
         "epochs": epochs, "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,
         "best_val_loss": best_loss,
-        "stopped_by": stopped, "history": history,
+        "stopped_by": stopped, "history": history, **({"scales": scales_chosen} if scales_chosen else {}),
     })
     artifact = save_artifact(out, model, meta)
     return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started, epochs_run=epochs_run,
