@@ -219,13 +219,16 @@ def _check_positive(value: int, option: str) -> int:
 
 def _scales_line(scales: list[float], chosen: dict[str, Any] | None) -> str:
     """The summary's scales line: the views kept and, where training chose them, how loud each one was."""
+    from .scales import QUIETER
+
     views = ", ".join(f"{f:g}" for f in scales)
     if chosen is None:
         return f"{views} (as set)"
-    loud = chosen["mean_max"]
-    full = loud["1.0"]
-    ratios = ", ".join(f"{f} {v / full:.2f}x" for f, v in loud.items() if f != "1.0" and full > 0)
-    return f"{views} (held-out good maps at {ratios} the full size's loudness; --scales 1 for the full size alone)"
+    loud = dict(chosen["mean_max"])
+    full = loud.pop("1.0")
+    ratios = ", ".join(f"{float(f):g} of the side: {v / max(full, 1e-12):.2f}x" for f, v in loud.items())
+    hint = "--scales 1 for the full size alone" if len(scales) > 1 else f"--scales 1,{','.join(loud)} to force"
+    return f"{views} (held-out good maps at {ratios} as loud as at full size, kept when <= {QUIETER}x; {hint})"
 
 
 def _parse_scales(text: str) -> str | list[float]:

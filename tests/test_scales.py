@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from inspector.artifact import load_artifact
+from inspector.cli_train import _scales_line
 from inspector.model import Draem, build_model
 from inspector.scales import QUIETER
 from inspector.train import TrainSettings, fit, load_split
@@ -99,7 +100,8 @@ def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(t
     """scales auto: the plates' held-out maps are clearly quieter at half size than at full size (0.49-0.55 times
     with 1 or 2 threads; 0.49-0.89 over three draws of plates), so that view is kept; the fine boards' are louder
     there (5x), so that model keeps the full size alone. model.json records the choice, the loudness it came from
-    and the scales the model loads with."""
+    and the scales the model loads with, and the training summary says how loud the view was and how to undo the
+    choice."""
     plates = load_artifact(_trained(tmp_path / "plates", _noisy_plates))
     fine = load_artifact(_trained(tmp_path / "fine", _fine_boards))
     for art, want in ((plates, [1.0, 0.5]), (fine, [1.0])):
@@ -108,6 +110,9 @@ def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(t
         assert cast(Draem, art.module).scales == want
         loud = evidence["mean_max"]
         assert set(loud) == {"1.0", "0.5"} and (loud["0.5"] <= QUIETER * loud["1.0"]) == (0.5 in want), loud
+        line = _scales_line(want, evidence)  # what `inspector train` prints
+        assert f"{loud['0.5'] / loud['1.0']:.2f}x as loud" in line
+        assert ("--scales 1 for the full size alone" if 0.5 in want else "--scales 1,0.5 to force") in line
 
 
 def test_cli_scales_are_recorded_and_bad_ones_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
