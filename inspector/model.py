@@ -172,7 +172,7 @@ class Draem(nn.Module):
     looks to the network like its inside: the training recipe's default (docs/quality.md rows 71 and 73). "zeros"
     is what a model.json without it means, as every model trained before was. `scales` (1 first, then coarser
     factors such as 0.5) makes the map the mean of the maps of the input resized by each factor, each
-    resized back: a coarser view sees large regions in more context (docs/quality.md row 84); training chooses them.
+    resized back: a coarser view sees large regions in more context (docs/quality.md rows 84-85); training chooses them.
     """
 
     def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,

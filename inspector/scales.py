@@ -1,4 +1,4 @@
-"""Choosing draem's coarser view from the held-out good images alone (docs/quality.md, row 84).
+"""Choosing draem's coarser view from the held-out good images alone (docs/quality.md, rows 84-85).
 
 A coarser view (the frame resized to half its side, its map resized back and averaged with the full one) sees
 large regions in more context. It helps where the parts' texture survives the resize, and hurts where fine
