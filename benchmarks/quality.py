@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from inspector import calibrate, evaluate  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
+from inspector.cli_train import _parse_scales  # noqa: E402
 from inspector.dataset import load_files, load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
@@ -130,10 +131,11 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)
     held = [p for p in train_good.paths if p.name in _held_out_names(art)]
     val = load_files(held, spec.height, spec.width, spec.channels, **how)
-    if scales is not None:
-        art.module.scales = (  # type: ignore[union-attr]
-            choose_scales(art.module, val.images, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
-            if scales == "auto" else check_scales([float(f) for f in scales.split(",")]))
+    if scales is not None:  # parsed as `inspector train --scales` parses them
+        given = _parse_scales(scales)
+        if isinstance(given, str):  # auto: as training chooses them
+            given = choose_scales(art.module, val.images, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
+        cast(Any, art.module).scales = check_scales(given)
     sv = score_artifact(art, val.images, device).scores["score"]
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)

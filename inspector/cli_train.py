@@ -356,8 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
             crop=args.crop, defect_size=args.defect_size, scales=_parse_scales(args.scales),
-            precision=args.precision, fit=args.fit,
-            contrast=args.contrast,
+            precision=args.precision, fit=args.fit, contrast=args.contrast,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

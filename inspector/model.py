@@ -212,7 +212,9 @@ class Draem(nn.Module):
         return F.interpolate(logits, scale_factor=float(self.fold), mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
-        total = self.map_at(x, self.scales[0])
+        total = self._map(x)  # scales[0] is 1: the full size
+        if len(self.scales) == 1:
+            return total  # one view: nothing to average on the per-frame path
         for factor in self.scales[1:]:
             total = total + self.map_at(x, factor)
         return total / len(self.scales)
