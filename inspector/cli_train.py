@@ -78,9 +78,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--flip", action="store_true", help="also mirror training images at random")
     p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",
                    help="draem trains on random crops of this share of each side (default 0.5; 1: whole images)")
-    p.add_argument("--defect-size", default="crop", choices=("crop", "image"),
-                   help="draem's synthetic defects sized to the training crop (default), or each between the crop's "
-                        "side and the image's: for parts whose defects are large regions (textures, tiles)")
+    p.add_argument("--defect-size", default="auto", choices=("auto", "crop", "image"),
+                   help="draem's synthetic defects sized to the training crop, or each between the crop's side and "
+                        "the image's (for parts whose defects are large regions); auto: crop, unless the held-out "
+                        "good images look the same to the model at half size after 500 steps, then training starts "
+                        "again with image (default)")
     p.add_argument("--scales", default="auto", metavar="auto|1[,F...]",
                    help="draem's views of the frame: 1 (full size) and coarser resize factors, e.g. 1,0.5, the map "
                         "their mean; auto: 0.5 added where the held-out good images' maps are clearly quieter there "
@@ -229,6 +231,21 @@ def _scales_line(scales: list[float], chosen: dict[str, Any] | None) -> str:
     ratios = ", ".join(f"{float(f):g} of the side: {v / max(full, 1e-12):.2f}x" for f, v in loud.items())
     hint = "--scales 1 for the full size alone" if len(scales) > 1 else f"--scales 1,{','.join(loud)} to force"
     return f"{views} (held-out good maps at {ratios} as loud as at full size, kept when <= {QUIETER}x; {hint})"
+
+
+def _defects_line(chosen: dict[str, Any]) -> str:
+    """The summary's defects line: the size defect_size auto chose, and the loudness it chose it from."""
+    from .scales import QUIETER
+
+    step = chosen["at_step"]
+    if chosen["mean_max"] is None:
+        return f"crop-sized (auto: {chosen['note']})"
+    loud = chosen["mean_max"]
+    ratio = f"held-out good maps at half size {loud['0.5'] / max(loud['1.0'], 1e-12):.2f}x as loud as at full size"
+    if chosen["chosen"] == "image":
+        return f"up to the image's size (at step {step}, {ratio}, <= {QUIETER}x, so training started again with " \
+               "them; --defect-size crop to keep them crop-sized)"
+    return f"crop-sized (at step {step}, {ratio}, > {QUIETER}x; --defect-size image to force larger ones)"
 
 
 def _parse_scales(text: str) -> str | list[float]:
@@ -404,6 +421,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized, read in {read_seconds:.1f} s; hash "
           f"{data.content_hash[:16]}")
     print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
+    if "defect_size" in meta.training:
+        print(f"  defects   {_defects_line(meta.training['defect_size'])}")
     if "scales" in meta.hparams:
         print(f"  scales    {_scales_line(meta.hparams['scales'], meta.training.get('scales'))}")
     cal = meta.calibration

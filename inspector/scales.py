@@ -6,6 +6,11 @@ structure (a PCB's one-pixel tracks) turns into something the model never saw. T
 the view is kept when the model's maps of the held-out good images are clearly quieter there than at full
 size (their mean maximum at most `QUIETER` times the full size's): magnetic tiles 0.72-0.79 times, PCBs 1.52-1.66.
 A view at 0.75 as well gave the tiles nothing more (row 84) at 1.5 times the cost, so it is not a candidate.
+
+The same question, asked early in training, sizes draem's synthetic defects (`defect_size` auto, row 89): a part
+that looks the same at half size is trained again from the start with defects up to the image's size, and so
+learns the large faint regions it can have (magnetic tiles' "uneven" ones); a part with fine structure goes on
+with defects sized to the crop.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from .scoring import make_reduction
 
 CANDIDATES = (0.5,)  # coarser views tried, each on its own against the full size
 QUIETER = 0.95  # a view must be this much quieter than the full size, so that a near tie keeps the full size alone
+SIZE_RULE = (f"training starts again with synthetic defects up to the image's size when, at this step, the held-out "
+             f"good images' mean map maximum at half size is <= {QUIETER} x full size's")
 
 
 class _AtScale(nn.Module):
@@ -48,3 +55,18 @@ def choose_scales(model: nn.Module, held_out: np.ndarray, device: torch.device, 
     chosen = [1.0] + [f for f in CANDIDATES if loudness[f] <= QUIETER * loudness[1.0]]
     rule = f"a coarser view is kept when the held-out good images' mean map maximum there is <= {QUIETER} x full size's"
     return chosen, {"chosen": chosen, "rule": rule, "mean_max": {str(f): round(v, 4) for f, v in loudness.items()}}
+
+
+def choose_defect_size(model: nn.Module, held_out: np.ndarray, device: torch.device, batch_size: int,
+                       dtype: torch.dtype, step: int) -> tuple[str, dict[str, Any]]:
+    """"image" where the held-out good images look the same to the model at half size (the view `choose_scales`
+    keeps), else "crop"; and the evidence, for model.json."""
+    chosen, evidence = choose_scales(model, held_out, device, batch_size, dtype)
+    size = "image" if len(chosen) > 1 else "crop"
+    return size, {"chosen": size, "at_step": step, "rule": SIZE_RULE, "mean_max": evidence["mean_max"]}
+
+
+def defect_size_unasked(step: int) -> dict[str, Any]:
+    """The evidence of a training that stopped before `step`: its defects stayed sized to the crop."""
+    return {"chosen": "crop", "at_step": step, "rule": SIZE_RULE, "mean_max": None,
+            "note": f"training ended before step {step}, so the good images were not asked"}

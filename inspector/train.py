@@ -33,7 +33,7 @@ from .model import ANOMALY_MAP, build_model, check_scales, output_kind
 from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
-from .scales import choose_scales
+from .scales import choose_defect_size, choose_scales, defect_size_unasked
 from .scoring import make_reduction, reduction_output
 
 DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
@@ -51,6 +51,7 @@ VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at 
 DEFAULT_EPOCHS = 40  # epochs "auto" runs these where they make MIN_STEPS (from 1,200 training images at batch 16)
 MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
 MIN_BUDGET_SHARE = 0.25  # the least of the time budget that training gets after a slow reading of the images
+SIZE_CHECK_SHARE = 6  # defect_size auto asks the good images after min_steps / this many steps (500 by default)
 CLOCK_EPOCH = 2  # the epoch whose pace decides whether the time budget binds (_budget_binds)
 MIN_IMAGES = 2  # one to train on, one held out for calibration
 FEW_IMAGES = 20  # below this the threshold is a rough guess; training warns
@@ -101,10 +102,12 @@ class TrainSettings(BaseModel):
                             "(stretch when the training images' contrasts differ).")
     crop: float = Field(0.5, gt=0, le=1, description="Anomaly-map families train on random crops of this share of "
                                                      "each side (1: whole images).")
-    defect_size: Literal["crop", "image"] = Field(
-        "crop", description="Anomaly-map families: synthetic defects sized to the training crop (the default), or "
-                            "each sized between the crop's side and the image's, for parts whose defects are large "
-                            "regions (docs/quality.md, row 79: +0.024 of AUROC on magnetic tiles, -0.018 on PCBs).")
+    defect_size: Literal["auto", "crop", "image"] = Field(
+        "auto", description="draem's synthetic defects: sized to the training crop, each sized between the crop's "
+                            "side and the image's (for parts whose defects are large regions), or auto: crop, "
+                            "unless the held-out good images look the same to the model at half size after "
+                            "min_steps / 6 steps; then training starts again with image (inspector.scales; "
+                            "docs/quality.md, row 89).")
     scales: Literal["auto"] | list[float] = Field(
         "auto", description="draem's views of the frame: 1 (full size) followed by coarser resize factors, the map "
                             "being their mean; auto: 1, plus 0.5 where the model's maps of the "
@@ -268,21 +271,30 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return steps - 1 if steps > 1 and n - (steps - 1) * batch_size == 1 else steps
 
 
-def _train_loss(model: nn.Module, x: torch.Tensor, settings: TrainSettings, rng: np.random.Generator) -> torch.Tensor:
-    """The family's loss on one augmented batch: L2 reconstruction, or repair-and-segment (on random crops)."""
+def _train_loss(model: nn.Module, x: torch.Tensor, settings: TrainSettings, rng: np.random.Generator,
+                defect_size: str) -> torch.Tensor:
+    """The family's loss on one augmented batch: L2 reconstruction, or repair-and-segment (on random crops, with
+    synthetic defects of `defect_size`, crop or image)."""
     if output_kind(settings.family) == ANOMALY_MAP:
         size = crop_size(x.shape[2], x.shape[3], int(getattr(model, "step", 1)), settings.crop)
-        scales = defect_scales(settings, size, (x.shape[2], x.shape[3]))
+        scales = defect_scales(defect_size, size, (x.shape[2], x.shape[3]))
         if size != (x.shape[2], x.shape[3]):
             x = random_crops(x, size, rng)
         return repair_loss(model, x, rng, scales=scales)
     return F.mse_loss(model(x), x)
 
 
-def defect_scales(settings: TrainSettings, crop: tuple[int, int], image: tuple[int, int]) -> tuple[float, float] | None:
-    """The size scales of the synthetic defects painted on a training crop: None (sized to the crop, the default),
-    or for `defect_size` "image" drawn from the crop's shorter side to the image's (docs/quality.md, row 79)."""
-    return (float(min(crop)), float(min(image))) if settings.defect_size == "image" else None
+def defect_scales(defect_size: str, crop: tuple[int, int], image: tuple[int, int]) -> tuple[float, float] | None:
+    """The size scales of the synthetic defects painted on a training crop: None (sized to the crop), or for
+    `defect_size` "image" drawn from the crop's shorter side to the image's (docs/quality.md, row 79)."""
+    return (float(min(crop)), float(min(image))) if defect_size == "image" else None
+
+
+def _size_check_step(settings: TrainSettings) -> int | None:
+    """The step after which defect_size auto asks the good images (None where nothing is to choose: a size set,
+    or a family without synthetic defects)."""
+    auto = settings.defect_size == "auto" and output_kind(settings.family) == ANOMALY_MAP
+    return max(1, settings.min_steps // SIZE_CHECK_SHARE) if auto else None
 
 
 @torch.no_grad()
@@ -322,17 +334,87 @@ def _deadline(max_minutes: float | None, started: float, budget_started: float |
     return max((started if budget_started is None else budget_started) + budget, started + MIN_BUDGET_SHARE * budget)
 
 
+@dataclass
+class _Trained:
+    """What one training loop produced (`_train`)."""
+
+    model: nn.Module
+    mixed: bool
+    epochs: int
+    epochs_run: float
+    clocked: bool
+    best_epoch: int
+    best_loss: float
+    stopped: str  # "epochs", "time budget", or "defect size" (defect_size auto chose image: train again)
+    history: list[dict[str, float]]
+    size_chosen: dict[str, Any] | None = None
+
+
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
         budget_started: float | None = None) -> TrainResult:
     """Train on the split, keep the best validation checkpoint, calibrate on the held-out slice, save.
 
     The time budget (`settings.max_minutes`) runs from `budget_started` (a `time.monotonic()` reading; default:
     now), so that a caller can count the reading of the images in it. Training still gets at least
-    `MIN_BUDGET_SHARE` of the budget, however long the reading took."""
+    `MIN_BUDGET_SHARE` of the budget, however long the reading took.
+
+    With `defect_size` auto (draem), training asks the held-out good images after min_steps / SIZE_CHECK_SHARE
+    steps whether the part looks the same to the model at half size. If it does, training starts again from
+    scratch with defects up to the image's size, so the model is the one `defect_size` image trains (the first
+    steps cost about a sixth of the default training); if not, it goes on with crop-sized defects."""
     started = time.monotonic()
     device = resolve_device(settings.device)
     images = split.data.images
     hparams = hparams_for(settings)
+    deadline = _deadline(settings.max_minutes, started, budget_started)
+    dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
+    size_check = _size_check_step(settings)
+    trained = _train(split, settings, hparams, device, deadline, dtype, size_check, "training" if progress else None)
+    if trained.stopped == "defect size":
+        asked = trained.size_chosen
+        trained = _train(split, settings.model_copy(update={"defect_size": "image"}), hparams, device, deadline,
+                         dtype, None, "training again, with defects up to the image's size" if progress else None)
+        trained.size_chosen = asked
+    model = trained.model
+    train_seconds = time.monotonic() - started
+    reduction = reduction_for(settings)
+    reduce = make_reduction(reduction, settings.reduction_params)
+    output = output_kind(settings.family)
+    scales_chosen = None
+    if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
+        if settings.scales == "auto":
+            scales, scales_chosen = choose_scales(model, images[split.val_idx], device, settings.batch_size, dtype)
+        else:
+            scales = check_scales(settings.scales)
+        cast(Any, model).scales = scales  # a Draem (it has map_at)
+        hparams = {**hparams, "scales": scales}
+    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
+                     output=output, dtype=dtype).scores["score"]
+    threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
+    threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
+    threshold.details["arithmetic"] = precision_name(dtype)
+    size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
+    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
+        "precision": "bf16" if trained.mixed else "fp32", "seconds": round(train_seconds, 2),
+        "epochs": trained.epochs, "epochs_run": round(trained.epochs_run, 3), "clocked_schedule": trained.clocked,
+        "best_epoch": trained.best_epoch, "best_val_loss": trained.best_loss, "stopped_by": trained.stopped,
+        "history": trained.history, **({"scales": scales_chosen} if scales_chosen else {}),
+        **({"defect_size": size_chosen} if size_chosen else {}),
+    })
+    artifact = save_artifact(out, model, meta)
+    return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started,
+                       epochs_run=trained.epochs_run, best_epoch=trained.best_epoch, best_val_loss=trained.best_loss,
+                       stopped=trained.stopped, val_scores=val_scores, history=trained.history)
+
+
+def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,
+           dtype: torch.dtype, size_check: int | None, bar_label: str | None) -> _Trained:
+    """One training loop from the seed: the best validation checkpoint, loaded and in eval mode. At step
+    `size_check` (defect_size auto) it asks the held-out good images which size the defects should be, and
+    returns at once, stopped by "defect size", where the answer is image. `bar_label`: the progress bar's
+    label, or None for no bar."""
+    started = time.monotonic()
+    images = split.data.images
     with _Deterministic():
         seed_everything(settings.seed)
         gen = torch.Generator().manual_seed(settings.seed)
@@ -347,38 +429,48 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         n = len(train_u8)
         steps = steps_per_epoch(n, settings.batch_size)
         epochs = epochs_for(settings, steps)
-        deadline = _deadline(settings.max_minutes, started, budget_started)
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict[str, float]] = []
         stopped, epochs_run = "epochs", 0.0
         clocked = False  # the schedule also follows the clock (_budget_binds), decided after CLOCK_EPOCH
+        defect_size: str = "crop" if settings.defect_size == "auto" else settings.defect_size
+        size_chosen = None
         epoch_ended = started
         budget = deadline - started  # the training loop's share of the budget
-        with Progress(epochs * steps, "training", enabled=progress) as bar:
+        with Progress(epochs * steps, bar_label or "", enabled=bar_label is not None) as bar:
             for epoch in range(1, epochs + 1):
                 model.train()
                 seen, loss_sum, done = 0, 0.0, 0
                 for idx in _batches(n, settings.batch_size, gen):
                     x = augment(train_u8[idx.to(device)].float().div_(255.0), settings.augment, gen)
                     if maps:  # cosine learning-rate decay (the autoencoders keep a constant rate)
-                        progress = (epoch - 1 + done / steps) / epochs
+                        progress_now = (epoch - 1 + done / steps) / epochs
                         if clocked:  # the budget binds: the decay ends at the deadline
-                            progress = max(progress, (time.monotonic() - started) / budget)
-                        lr = _lr(settings, progress)
+                            progress_now = max(progress_now, (time.monotonic() - started) / budget)
+                        lr = _lr(settings, progress_now)
                         for group in opt.param_groups:
                             group["lr"] = lr
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
-                        loss = _train_loss(model, x, settings, rng)
+                        loss = _train_loss(model, x, settings, rng, defect_size)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     loss_sum += loss.item() * len(idx)
                     seen += len(idx)
                     done += 1
+                    if (epoch - 1) * steps + done == size_check:  # larger defects where the part looks the same
+                        defect_size, size_chosen = choose_defect_size(model, images[split.val_idx], device,
+                                                                       settings.batch_size, dtype, size_check)
+                        model.train()
+                        if defect_size == "image":
+                            stopped = "defect size"
+                            break
                     bar.update(postfix=f"epoch {epoch} loss {loss_sum / seen:.5f} best val {best_loss:.5f}")
                     if time.monotonic() > deadline:
                         stopped = "time budget"
                         break
+                if stopped == "defect size":
+                    break
                 val = _val_loss(model, val_u8, settings.batch_size, settings.family)
                 epochs_run += done / steps
                 now = time.monotonic()
@@ -394,34 +486,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                     break
         model.load_state_dict(best_state)
         model.eval()
-    train_seconds = time.monotonic() - started
-    reduction = reduction_for(settings)
-    reduce = make_reduction(reduction, settings.reduction_params)
-    output = output_kind(settings.family)
-    dtype = resolve_dtype("auto", device, output)  # the daemon's default arithmetic
-    scales_chosen = None
-    if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
-        if settings.scales == "auto":
-            scales, scales_chosen = choose_scales(model, images[split.val_idx], device, settings.batch_size, dtype)
-        else:
-            scales = check_scales(settings.scales)
-        cast(Any, model).scales = scales  # a Draem (it has map_at)
-        hparams = {**hparams, "scales": scales}
-    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
-                     output=output, dtype=dtype).scores["score"]
-    threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
-    threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
-    threshold.details["arithmetic"] = precision_name(dtype)
-    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
-        "precision": "bf16" if mixed else "fp32", "seconds": round(train_seconds, 2),
-        "epochs": epochs, "epochs_run": round(epochs_run, 3), "clocked_schedule": clocked, "best_epoch": best_epoch,
-        "best_val_loss": best_loss,
-        "stopped_by": stopped, "history": history, **({"scales": scales_chosen} if scales_chosen else {}),
-    })
-    artifact = save_artifact(out, model, meta)
-    return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started, epochs_run=epochs_run,
-                       best_epoch=best_epoch, best_val_loss=best_loss, stopped=stopped, val_scores=val_scores,
-                       history=history)
+    return _Trained(model, mixed, epochs, epochs_run, clocked, best_epoch, best_loss, stopped, history, size_chosen)
 
 
 def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: str, threshold: Any,

@@ -60,8 +60,9 @@ def test_defect_size_image_draws_scales_from_the_crop_to_the_image() -> None:
     of crops carries larger defects; by default (None) they are sized to the crop."""
     from inspector.train import defect_scales
 
-    assert defect_scales(TrainSettings(), (128, 128), (256, 256)) is None
-    assert defect_scales(TrainSettings(defect_size="image"), (128, 96), (256, 192)) == (96.0, 192.0)
+    assert defect_scales("crop", (128, 128), (256, 256)) is None
+    assert defect_scales("image", (128, 96), (256, 192)) == (96.0, 192.0)
+    assert TrainSettings().defect_size == "auto"  # crop, until the good images are asked (tests/test_scales.py)
     images = np.random.default_rng(4).random((96, 1, 64, 64)).astype(np.float32)
     small = defect_batch(np.random.default_rng(6), images, 1.0)[1].sum()
     large = defect_batch(np.random.default_rng(6), images, 1.0, (64.0, 128.0))[1].sum()
@@ -412,8 +413,10 @@ def test_cli_flip_crop_and_defect_size_are_recorded_and_a_bad_crop_is_refused(
     model = tmp_path / "m"
     assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "1", "--batch-size",
                  "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1", "--defect-size", "image", *hp]) == 0
-    settings = json.loads((model / "model.json").read_text())["training"]["settings"]
+    training = json.loads((model / "model.json").read_text())["training"]
+    settings = training["settings"]
     assert settings["augment"]["flip"] is True and settings["crop"] == 1.0 and settings["defect_size"] == "image"
+    assert "defect_size" not in training  # as set: nothing was chosen
     capsys.readouterr()
     args = ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m2"), "--crop", "0"]
     assert main(args) == EXIT_USAGE

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from inspector.artifact import load_artifact
-from inspector.cli_train import _scales_line
+from inspector.cli_train import _defects_line, _scales_line
 from inspector.model import Draem, build_model
 from inspector.scales import QUIETER
 from inspector.train import TrainSettings, fit, load_split
@@ -88,22 +88,30 @@ def _fine_boards(folder: Path, count: int) -> None:
         cv2.imwrite(str(folder / f"b{i:03d}.png"), board)
 
 
-def _trained(root: Path, make: object) -> Path:
-    make(root / "good", 40)  # type: ignore[operator]
+def _trained(root: Path, make: object, defect_size: str = "auto") -> Path:
+    if not (root / "good").exists():
+        make(root / "good", 40)  # type: ignore[operator]
     settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=30, batch_size=8, device="cpu", lr=3e-3,
-                             val_fraction=0.25, max_minutes=None, precision="fp32")
-    fit(load_split(root / "good", settings), settings, root / "model")
-    return root / "model"
+                             val_fraction=0.25, max_minutes=None, precision="fp32", min_steps=240,  # 120 steps
+                             defect_size=defect_size)
+    fit(load_split(root / "good", settings), settings, root / f"model_{defect_size}")
+    return root / f"model_{defect_size}"
 
 
-def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A model trained on noisy plates and one on fine boards, the defaults otherwise (a few seconds each)."""
+    root = tmp_path_factory.mktemp("scales")
+    return {"plates": _trained(root / "plates", _noisy_plates), "fine": _trained(root / "fine", _fine_boards)}
+
+
+def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(trained: dict[str, Path]) -> None:
     """scales auto: the plates' held-out maps are clearly quieter at half size than at full size (0.49-0.55 times
     with 1 or 2 threads; 0.49-0.89 over three draws of plates), so that view is kept; the fine boards' are louder
     there (5x), so that model keeps the full size alone. model.json records the choice, the loudness it came from
     and the scales the model loads with, and the training summary says how loud the view was and how to undo the
     choice."""
-    plates = load_artifact(_trained(tmp_path / "plates", _noisy_plates))
-    fine = load_artifact(_trained(tmp_path / "fine", _fine_boards))
+    plates, fine = load_artifact(trained["plates"]), load_artifact(trained["fine"])
     for art, want in ((plates, [1.0, 0.5]), (fine, [1.0])):
         evidence = art.meta.training["scales"]
         assert evidence["chosen"] == want == art.meta.hparams["scales"], evidence
@@ -113,6 +121,34 @@ def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(t
         line = _scales_line(want, evidence)  # what `inspector train` prints
         assert f"{loud['0.5'] / loud['1.0']:.2f}x as loud" in line
         assert ("--scales 1 for the full size alone" if 0.5 in want else "--scales 1,0.5 to force") in line
+
+
+def test_defect_size_auto_grows_the_defects_where_the_part_looks_the_same_at_half_size(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    """defect_size auto asks the held-out good images after min_steps / 6 steps (40 of these 120), with the rule of
+    the coarser view: the plates look the same at half size, so training starts again with defects up to the
+    image's size, and gives the very model that defect_size image gives; the fine boards do not, so theirs stay
+    sized to the crop. model.json records the step, the loudness and the choice, and the training summary says
+    it and how to override it. A training that ends before the step keeps crop-sized defects and says why."""
+    for name, want in (("plates", "image"), ("fine", "crop")):
+        art = load_artifact(trained[name])
+        chosen = art.meta.training["defect_size"]
+        assert chosen["chosen"] == want and chosen["at_step"] == 40, chosen
+        loud = chosen["mean_max"]
+        assert (loud["0.5"] <= QUIETER * loud["1.0"]) == (want == "image"), loud
+        line = _defects_line(chosen)
+        assert f"{loud['0.5'] / loud['1.0']:.2f}x as loud" in line
+        assert ("--defect-size crop" if want == "image" else "--defect-size image") in line
+        assert art.meta.training["stopped_by"] == "epochs" and len(art.meta.training["history"]) == 30
+    image = load_artifact(_trained(trained["plates"].parent, _noisy_plates, "image")).meta
+    assert image.weights_sha256 == load_artifact(trained["plates"]).meta.weights_sha256
+    assert "defect_size" not in image.training  # as set: nothing asked
+    _noisy_plates(tmp_path / "short" / "good", 12)
+    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=8, device="cpu",
+                             val_fraction=0.25, max_minutes=None)  # 2 steps, before step 500
+    meta = fit(load_split(tmp_path / "short" / "good", settings), settings, tmp_path / "short" / "m").artifact.meta
+    assert meta.training["defect_size"]["chosen"] == "crop" and meta.training["defect_size"]["at_step"] == 500
+    assert "not asked" in _defects_line(meta.training["defect_size"])
 
 
 def test_cli_scales_are_recorded_and_bad_ones_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +165,9 @@ def test_cli_scales_are_recorded_and_bad_ones_refused(tmp_path: Path, capsys: py
     meta = json.loads((model / "model.json").read_text())
     assert meta["hparams"]["scales"] == [1.0, 0.5] and "scales" not in meta["training"]
     assert meta["training"]["settings"]["scales"] == [1.0, 0.5]
-    assert "scales    1, 0.5 (as set)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scales    1, 0.5 (as set)" in out
+    assert "defects   crop-sized (auto: training ended before step 500, so the good images were not asked)" in out
     settings = ["--data", str(good), "--out", str(tmp_path / "m2")]
     for extra, says in ((["--scales", "0.5"], "1 followed by"), (["--scales", "x"], "--scales must be"),
                         (["--scales", "1,0.5", "--family", "conv-ae"], "scales apply to family draem")):
