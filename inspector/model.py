@@ -64,6 +64,17 @@ class DenseAE(nn.Module):
 
 Padding = Literal["zeros", "reflect"]  # draem's convolutions: what lies beyond the frame's edge
 PADDINGS: tuple[str, ...] = get_args(Padding)
+# draem's decoder stages: "resize-conv" doubles the resolution, then convolves at the finer one; "conv-resize"
+# convolves at the coarser one, then doubles it (a quarter of the stage's arithmetic; docs/quality.md, row 90)
+Decoder = Literal["resize-conv", "conv-resize"]
+DECODERS: tuple[str, ...] = get_args(Decoder)
+
+
+def _upsample(stage: nn.Module, h: torch.Tensor, decoder: Decoder) -> torch.Tensor:
+    """One decoder stage: `stage` (convolutions) and a nearest 2x upsampling, in the order `decoder` names."""
+    if decoder == "conv-resize":
+        return F.interpolate(stage(h), scale_factor=2.0, mode="nearest")
+    return stage(F.interpolate(h, scale_factor=2.0, mode="nearest"))
 
 
 class _Reflect1(torch.autograd.Function):
@@ -111,8 +122,10 @@ def _conv(c_in: int, c_out: int, stride: int = 1, padding: Padding = "zeros") ->
 class RepairAE(nn.Module):
     """Bottleneck autoencoder without skips (it cannot copy a defect through): (B, C, h, w) -> same, in [0, 1]."""
 
-    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros") -> None:
+    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros",
+                 decoder: Decoder = "resize-conv") -> None:
         super().__init__()
+        self.decoder_order = decoder
         widths = [width * 2**i for i in range(depth + 1)]
         enc = _conv(channels, widths[0], padding=padding)
         for i in range(depth):
@@ -125,15 +138,17 @@ class RepairAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, h, w)
         z = self.encoder(x)  # (B, width * 2**depth, h / 2**depth, w / 2**depth)
         for up in self.decoder:
-            z = up(F.interpolate(z, scale_factor=2.0, mode="nearest"))
+            z = _upsample(up, z, self.decoder_order)
         return torch.sigmoid(self.head(z))
 
 
 class SegUNet(nn.Module):
     """Small U-Net with additive skips: (B, C, h, w) -> logits (B, 1, h, w)."""
 
-    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros") -> None:
+    def __init__(self, channels: int, width: int, depth: int, padding: Padding = "zeros",
+                 decoder: Decoder = "resize-conv") -> None:
         super().__init__()
+        self.decoder_order = decoder
         widths = [width * 2**i for i in range(depth + 1)]
         self.stem = nn.Sequential(*_conv(channels, widths[0], padding=padding))
         self.down = nn.ModuleList([nn.Sequential(*_conv(widths[i], widths[i + 1], stride=2, padding=padding),
@@ -151,7 +166,7 @@ class SegUNet(nn.Module):
             skips.append(h)
         skips.pop()
         for up in self.up:
-            h = up(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips.pop()
+            h = _upsample(up, h, self.decoder_order) + skips.pop()
         return self.head(h)
 
 
@@ -173,15 +188,21 @@ class Draem(nn.Module):
     is what a model.json without it means, as every model trained before was. `scales` (1 first, then coarser
     factors such as 0.5) makes the map the mean of the maps of the input resized by each factor, each
     resized back: a coarser view sees large regions in more context (docs/quality.md rows 84-85); training chooses them.
+    `decoder` "conv-resize" runs each decoder stage's convolution before its upsampling instead of after it, at a
+    quarter of that stage's arithmetic: about half the whole model's (docs/quality.md row 90); "resize-conv" is what a
+    model.json without it means.
     """
 
     def __init__(self, channels: int, height: int, width: int, fold: int = 2, recon_width: int = 16,
                  recon_depth: int = 3, seg_width: int = 16, seg_depth: int = 3, views: int = 1,
-                 seg_views: int = 1, padding: str = "zeros", scales: Sequence[float] = (1.0,)) -> None:
+                 seg_views: int = 1, padding: str = "zeros", scales: Sequence[float] = (1.0,),
+                 decoder: str = "resize-conv") -> None:
         super().__init__()
         self.scales = check_scales(scales)
         if padding not in PADDINGS:
             raise ValueError(f"draem padding must be one of {', '.join(PADDINGS)}, not {padding!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"draem decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
         for name, value in (("views", views), ("seg_views", seg_views)):
             if value not in VIEWS:
                 raise ValueError(f"draem {name} must be one of {sorted(VIEWS)}, not {value}")
@@ -196,9 +217,9 @@ class Draem(nn.Module):
         self.fold = fold
         self.step = step  # sizes must be multiples of this (training crops included)
         c = channels * fold * fold
-        pad = cast(Padding, padding)
-        self.recon = RepairAE(c, recon_width, recon_depth, pad)
-        self.seg = SegUNet(3 * c, seg_width, seg_depth, pad)
+        pad, order = cast(Padding, padding), cast(Decoder, decoder)
+        self.recon = RepairAE(c, recon_width, recon_depth, pad, order)
+        self.seg = SegUNet(3 * c, seg_width, seg_depth, pad, order)
 
     def repair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction (B, C, H, W) and the anomaly logits (B, 1, H, W)."""

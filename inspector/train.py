@@ -44,7 +44,7 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
     "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 1,
-              "seg_views": 1, "padding": "reflect"},
+              "seg_views": 1, "padding": "reflect", "decoder": "conv-resize"},
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch

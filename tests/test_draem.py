@@ -194,6 +194,33 @@ def test_draem_reflect_padding_sees_the_frame_edge_as_its_inside() -> None:
         build_model("draem", 1, 32, 32, padding="circular", **HP)
 
 
+def test_draem_conv_resize_decoder_convolves_before_it_upsamples() -> None:
+    """decoder "conv-resize" runs each decoder stage's convolutions at the coarser resolution and upsamples after
+    them ("resize-conv", what a model.json without it means, at the finer one), with the very same weights; so
+    those convolutions see a quarter of the pixels. An unknown decoder is refused."""
+    before, after = _sharing_weights({"decoder": "resize-conv"}, {"decoder": "conv-resize"})[1:]
+    x = torch.rand(2, 1, 32, 32)
+
+    def decoder_conv_inputs(net: Draem) -> list[int]:
+        sizes: list[int] = []
+        stages = [*net.recon.decoder, *net.seg.up]
+        hooks = [s[0].register_forward_pre_hook(lambda _m, a: sizes.append(a[0].shape[-1])) for s in stages]
+        with torch.no_grad():
+            out = net(x)
+        for h in hooks:
+            h.remove()
+        assert out.shape == (2, 1, 32, 32) and 0 <= float(out.min()) <= float(out.max()) <= 1
+        return sizes
+
+    # fold 2 makes 16x16; depth 2 decodes from 4 to 8 to 16 in the repair net and the segmenter alike
+    assert decoder_conv_inputs(before) == [8, 16, 8, 16]
+    assert decoder_conv_inputs(after) == [4, 8, 4, 8]
+    with torch.no_grad():
+        assert not torch.allclose(before(x), after(x))
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        build_model("draem", 1, 32, 32, decoder="bilinear", **HP)
+
+
 def test_reflect_padding_trains_through_its_own_pad_with_torchs_numbers() -> None:
     """While gradients are recorded a reflecting convolution pads through inspector's own function (a cheaper
     backward); its output and its gradients are torch's reflection padding's, at odd sizes and stride 2."""
@@ -336,6 +363,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
     assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
     assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
+    assert art.meta.hparams["decoder"] == "conv-resize"  # half the arithmetic (quality.md, row 90)
     assert art.meta.training["precision"] == "fp32"
     sg, sd = _generated_scores(art, tmp_path)
     # 0.97-1.0 with 1-16 torch threads here, 0.93 on a 16-core machine with torch 2.11; one epoch gives 0.66
