@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import frames_per_second  # noqa: E402
+from benchmarks.quality import _views, frames_per_second  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
 
 
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | views | frames/s per round | median | ratio to the first |")
     print("|---|---|---|---|---|")
     for path, art, mine, med in zip(args.models, arts, runs, medians, strict=True):
-        scales = getattr(art.module, "scales", [1.0])
-        views = "/".join(f"{f:g}" for f in scales)
         rounds = " / ".join(f"{v:.0f}" for v in mine)
-        print(f"| {path} | {views} | {rounds} | {med:.1f} | {med / medians[0]:.2f} |")
+        print(f"| {path} | {_views(art.module)} | {rounds} | {med:.1f} | {med / medians[0]:.2f} |")
 
 
 if __name__ == "__main__":
