@@ -95,7 +95,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "(none), or auto (stretched when the training images' contrasts differ)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="training arithmetic: auto (bf16 mixed precision for draem where the device computes it "
-                        "natively, else fp32), fp32 or bf16")
+                        "natively and faster than fp32, else fp32), fp32 or bf16")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

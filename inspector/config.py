@@ -169,9 +169,10 @@ class WorkerConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on CUDA; on the CPU bf16 for anomaly-map models (draem) where the CPU "
-                            "computes it natively (AVX512-BF16 or AMX: 1.5-2x fp32's speed, scores within about 1% "
-                            "of fp32's), else fp32 (reconstruction scores moved by up to 3% in bf16). `inspector "
-                            "train` and `calibrate` set thresholds in auto's arithmetic; with another value, re-run "
+                            "computes it natively (AVX512-BF16 or AMX) and a start-up probe finds it at least 1.1x "
+                            "as fast as fp32 (1.5-2x where it pays; scores within about 1% of fp32's), else fp32 "
+                            "(reconstruction scores moved by up to 3% in bf16). `inspector train` and `calibrate` set "
+                            "thresholds in auto's arithmetic; with another value, re-run "
                             "`inspector calibrate --precision` with it."
     )
     max_batch: int = Field(

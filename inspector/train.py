@@ -27,7 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .dataset import ImageSet, load_folder, training_folder
-from .device import native_bf16, precision_name, resolve_device, resolve_dtype
+from .device import fast_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, build_model, check_scales, output_kind
 from .preprocess import Contrast, Fit
@@ -116,7 +116,8 @@ class TrainSettings(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training arithmetic: bf16 mixed precision (about 1.6x the steps per minute where the "
                             "device computes bf16 natively), fp32, or auto (bf16 for anomaly-map families where "
-                            "native, else fp32; the autoencoders' small reconstruction errors keep fp32).")
+                            "native and faster than fp32, else fp32; the autoencoders' small reconstruction errors "
+                            "keep fp32).")
 
 
 @dataclass
@@ -425,7 +426,7 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
         rng = np.random.default_rng(settings.seed)  # crops and synthetic defects
         maps = output_kind(settings.family) == ANOMALY_MAP
-        mixed = settings.precision == "bf16" or (settings.precision == "auto" and maps and native_bf16(device))
+        mixed = settings.precision == "bf16" or (settings.precision == "auto" and maps and fast_bf16(device))
         n = len(train_u8)
         steps = steps_per_epoch(n, settings.batch_size)
         epochs = epochs_for(settings, steps)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from inspector import evaluate
 from inspector.artifact import Artifact, ArtifactError, load_artifact
 from inspector.defects import FILLS, MIN_CHANGE, defect_batch, fill, make_defect, noise_blobs, spots, strokes
-from inspector.device import native_bf16
+from inspector.device import fast_bf16
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, RECONSTRUCTION, Draem, build_model, output_kind
 from inspector.repair import crop_size, focal_loss, random_crops
@@ -420,7 +420,7 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
     meta = json.loads((model / "model.json").read_text())
     assert meta["family"] == "draem" and meta["output"] == ANOMALY_MAP and meta["score"]["reduction"] == "map_max"
     assert len(meta["data"]["held_out_files"]) == meta["data"]["held_out_count"] == 1
-    assert meta["training"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")  # auto
+    assert meta["training"]["precision"] == ("bf16" if fast_bf16(torch.device("cpu")) else "fp32")  # auto
     assert main(["score", str(bad), "--model", str(model), "--heatmap", str(tmp_path / "heat"), "--quiet"]) == 0
     assert len(list((tmp_path / "heat").glob("*_heatmap.png"))) == 4
     assert main(["evaluate", "--model", str(model), "--good", str(good), "--defect", str(bad), "--report",
@@ -470,7 +470,7 @@ def test_offline_scores_are_the_daemons_in_the_same_arithmetic(draem_model: Path
     np.testing.assert_allclose(offline, worker.scores(8), atol=2e-3 if precision == "bf16" else 1e-5)
     if precision == "bf16":  # and not the fp32 scores: the arithmetic does reach the forward pass
         assert np.abs(offline - score_artifact(art, images, cpu, precision="fp32").scores["score"]).max() > 0
-    auto = "bf16" if native_bf16(cpu) else "fp32"
+    auto = "bf16" if fast_bf16(cpu) else "fp32"
     assert art.meta.threshold.details["arithmetic"] == auto
 
 
