@@ -16,7 +16,7 @@ from .buffer import FrameRing
 from .capture import make_source
 from .capture.camera import DOWN, FINISHED, UP, Camera
 from .config import CameraConfig, Config, ConfigError, ScoringConfig
-from .device import resolve_device, resolve_dtype
+from .device import precision_name, resolve_device, resolve_dtype
 from .errors import UsageError
 from .logs import BurstLog, get_logger
 from .metrics import Metrics
@@ -167,6 +167,13 @@ class Service:
         cfg = self.config
         reduction, threshold, name = self._scoring_for(artifact, scoring or cfg.scoring)
         dtype = resolve_dtype(cfg.worker.precision, self._device, artifact.meta.output)
+        calibrated = artifact.meta.threshold.details.get("arithmetic")
+        if calibrated and calibrated != precision_name(dtype) and (scoring or cfg.scoring).threshold is None:
+            # the scores move by up to about 1% (draem) between arithmetics: enough to move the 1% false rejects
+            self._log.warning("threshold set in another arithmetic", model=artifact.label, calibrated=calibrated,
+                              running=precision_name(dtype), precision=cfg.worker.precision,
+                              hint=f"inspector calibrate --model {artifact.path} --good DIR --precision "
+                                   f"{cfg.worker.precision}, on this machine")
         scorer = Scorer(artifact, reduction, threshold, self._device, dtype, cfg.worker.max_batch,
                         cfg.worker.jit, self._log)
         t0 = time.perf_counter()

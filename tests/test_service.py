@@ -470,3 +470,31 @@ def test_missing_opencv_backend_is_named() -> None:
     with pytest.raises(OSError, match="has no gstreamer back-end"):
         cam.open()
     cam.close()
+
+
+def test_a_threshold_set_in_another_arithmetic_is_warned_about(tmp_path: Path, line_factory) -> None:
+    """A model whose threshold was set in bf16 (on a machine where bf16 paid), run by a daemon whose precision
+    resolves to fp32, starts with a warning that names both and the command that recalibrates it; a model
+    calibrated in the daemon's own arithmetic starts without one."""
+    import json
+
+    from structlog.testing import capture_logs
+
+    warned = {}
+    for arithmetic in ("bf16", "fp32"):
+        model = make_model(tmp_path / arithmetic, size=32)
+        meta = json.loads((model / "model.json").read_text())
+        meta["threshold"]["details"] = {"arithmetic": arithmetic}
+        (model / "model.json").write_text(json.dumps(meta))
+        source = '{ type = "synthetic", fps = 50, width = 64, height = 64, count = 3 }'
+        cfg = write_config(tmp_path / f"{arithmetic}.toml", camera("cam1", model, source),
+                           **sections(tmp_path / arithmetic))
+        with capture_logs() as logs:
+            line = line_factory(cfg).start()
+            line.receive_verdicts(3)
+            line.stop()
+        warned[arithmetic] = [e for e in logs if e["event"] == "threshold set in another arithmetic"]
+    assert len(warned["bf16"]) == 1 and not warned["fp32"]
+    w = warned["bf16"][0]
+    assert (w["calibrated"], w["running"], w["log_level"]) == ("bf16", "fp32", "warning")
+    assert f"inspector calibrate --model {tmp_path / 'bf16'}" in w["hint"]
