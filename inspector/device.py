@@ -71,9 +71,7 @@ def cpu_bf16_speedup(rounds: int = 3) -> float:
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 pays on the device: CUDA with bf16, or a CPU that computes it natively and runs the probe of
     `cpu_bf16_speedup` at least BF16_MARGIN times as fast in bf16 as in fp32."""
-    if device.type == "cuda":
-        return native_bf16(device)
-    return native_bf16(device) and cpu_bf16_speedup() >= BF16_MARGIN
+    return native_bf16(device) and (device.type == "cuda" or cpu_bf16_speedup() >= BF16_MARGIN)
 
 
 def resolve_dtype(precision: str, device: torch.device, output: str = "reconstruction") -> torch.dtype:

@@ -165,13 +165,14 @@ class Service:
     def _make_scorer(self, artifact: Artifact, scoring: ScoringConfig | None = None) -> Scorer:
         """The artifact's model on the worker device with its reduction and threshold, warmed up."""
         cfg = self.config
-        reduction, threshold, name = self._scoring_for(artifact, scoring or cfg.scoring)
+        sc = scoring or cfg.scoring
+        reduction, threshold, name = self._scoring_for(artifact, sc)
         dtype = resolve_dtype(cfg.worker.precision, self._device, artifact.meta.output)
-        calibrated = artifact.meta.threshold.details.get("arithmetic")
-        if calibrated and calibrated != precision_name(dtype) and (scoring or cfg.scoring).threshold is None:
+        calibrated, running = artifact.meta.threshold.details.get("arithmetic"), precision_name(dtype)
+        if calibrated and calibrated != running and sc.threshold is None:
             # the scores move by up to about 1% (draem) between arithmetics: enough to move the 1% false rejects
             self._log.warning("threshold set in another arithmetic", model=artifact.label, calibrated=calibrated,
-                              running=precision_name(dtype), precision=cfg.worker.precision,
+                              running=running, precision=cfg.worker.precision,
                               hint=f"inspector calibrate --model {artifact.path} --good DIR --precision "
                                    f"{cfg.worker.precision}, on this machine")
         scorer = Scorer(artifact, reduction, threshold, self._device, dtype, cfg.worker.max_batch,

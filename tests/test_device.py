@@ -22,8 +22,8 @@ def test_auto_precision_on_the_cpu_is_bf16_only_for_anomaly_maps_where_it_pays()
 
 def test_bf16_pays_only_where_the_probe_says_so() -> None:
     """On a CPU with native bf16 the choice follows the measured speed-up of the probe, measured once per process
-    (so a model's calibration and its daemon, in one process, agree); without native bf16 it is never taken and
-    the probe never runs."""
+    (so every score one process computes, training's calibration included, is in one arithmetic); without
+    native bf16 it is never taken and the probe never runs."""
     cpu = torch.device("cpu")
     if not native_bf16(cpu):
         assert not fast_bf16(cpu)
