@@ -34,6 +34,7 @@ from inspector.config import Config  # noqa: E402
 from inspector.device import resolve_device, resolve_dtype  # noqa: E402
 from inspector.logs import configure_logging  # noqa: E402
 from inspector.service import Service  # noqa: E402
+from inspector.threads import in_own_thread  # noqa: E402
 from inspector.worker import trace  # noqa: E402
 
 
@@ -144,12 +145,15 @@ def main() -> None:
     device = resolve_device(args.device)
     rows = []
     for batch in args.batch:
-        before = bare_forward(args.model, batch, args.device, args.precision, args.seconds / 2)
+        # each on a thread of its own, as the daemon loads its models: a pool left on this thread would slow the
+        # daemon's worker (inspector/threads.py)
+        before = in_own_thread(bare_forward, args.model, batch, args.device, args.precision, args.seconds / 2)
         sat = run_daemon(args.model, args.cameras, args.overdrive * before / args.cameras, batch, args.device,
                          args.precision, 3.0, args.seconds, endpoint)
-        after = bare_forward(args.model, batch, args.device, args.precision, args.seconds / 2)
+        after = in_own_thread(bare_forward, args.model, batch, args.device, args.precision, args.seconds / 2)
         bare = (before + after) / 2  # measured before and after the daemon; their mean is the reference
-        eager = bare_forward(args.model, batch, args.device, args.precision, args.seconds / 2, jit=False)
+        eager = in_own_thread(bare_forward, args.model, batch, args.device, args.precision, args.seconds / 2,
+                              jit=False)
         rows.append((batch, bare, abs(before - after) / max(before, after), sat, eager))
     demo = run_daemon(args.model, args.cameras, args.demo_fps, args.batch[0], args.device, args.precision, 2.0,
                       args.seconds, endpoint)

@@ -24,6 +24,7 @@ from .publish import Publisher
 from .reload import HOT_SCORING, plan_reload
 from .scoring import Reduction, make_reduction, reduction_output
 from .sdnotify import Notifier
+from .threads import in_own_thread
 from .types import DEADLINE, ERROR, NOT_INSPECTED, Evidence, Frame, Verdict
 from .worker import Scorer, Worker, fail_safe_verdict
 
@@ -115,7 +116,7 @@ class Service:
         artifacts: dict[Path, Artifact] = {}
         for cam in self.config.cameras:
             if cam.model not in artifacts:
-                artifacts[cam.model] = load_artifact(cam.model)
+                artifacts[cam.model] = in_own_thread(load_artifact, cam.model)  # torch work: see threads.py
                 meta = artifacts[cam.model].meta
                 self._log.info("model loaded", path=str(cam.model), model=artifacts[cam.model].label,
                                family=meta.family, threshold=meta.threshold.value, reduction=meta.score.reduction)
@@ -150,7 +151,7 @@ class Service:
 
         cv2.setNumThreads(1)  # frames are small: OpenCV's pool would only compete with torch's for the cores
         for path, artifact in artifacts.items():
-            scorer = self._make_scorer(artifact)
+            scorer = in_own_thread(self._make_scorer, artifact)  # traced and warmed up off this thread
             cond = threading.Condition()
             cams = [c for c in cfg.cameras if c.model == path]
             rings = [self._build_camera(c, cond) for c in cams]
@@ -323,8 +324,8 @@ class Service:
             scorers: dict[str, Scorer] = {}
             for name, path in models.items():
                 if path not in loaded:
-                    loaded[path] = load_artifact(path)
-                scorers[name] = self._make_scorer(loaded[path], new.scoring)
+                    loaded[path] = in_own_thread(load_artifact, path)
+                scorers[name] = in_own_thread(self._make_scorer, loaded[path], new.scoring)
         except (ConfigError, ArtifactError, UsageError, OSError, ValueError, RuntimeError) as exc:
             self._log.error("reload failed; still running the previous config and models", error=str(exc))
             self.metrics.reloads.labels("failed").inc()
