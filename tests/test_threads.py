@@ -15,20 +15,21 @@ from inspector.threads import in_own_thread
 from .conftest import camera, make_model, sections, write_config
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _os_threads() -> set[int]:
+    """The ids of the process's OS threads (ids, not a count: another test's thread may end meanwhile)."""
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
 
 
 def _parallel_work() -> float:
     return torch.ones(4_000_000).mul_(2).sum().item()  # large enough for torch to start an OpenMP region
 
 
-def _settles_at(n: int, timeout_s: float = 5.0) -> int:
-    """The process's thread count once it has come down to n (or whatever it is after timeout_s)."""
+def _gone(tids: set[int], timeout_s: float = 5.0) -> set[int]:
+    """Those of tids still alive once they have ended (or after timeout_s)."""
     end = time.monotonic() + timeout_s
-    while _os_threads() > n and time.monotonic() < end:
+    while tids & _os_threads() and time.monotonic() < end:
         time.sleep(0.01)
-    return _os_threads()
+    return tids & _os_threads()
 
 
 def test_result_and_exception_come_back() -> None:
@@ -46,25 +47,36 @@ def test_the_thread_takes_its_openmp_pool_with_it() -> None:
     can see them); in_own_thread leaves none behind."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    done, release = threading.Event(), threading.Event()
     try:
         before = _os_threads()
-        done, release = threading.Event(), threading.Event()
 
         def stay() -> None:
             _parallel_work()
             done.set()
-            release.wait()
+            release.wait(30)
 
-        alive = threading.Thread(target=stay)
+        alive = threading.Thread(target=stay, daemon=True)
         alive.start()
-        done.wait(10)
-        assert _os_threads() >= before + 2  # the thread itself and at least one OpenMP helper
+        assert done.wait(30)
+        kept = _os_threads() - before
+        assert len(kept) >= 2  # the thread itself and at least one OpenMP helper
         release.set()
-        alive.join()
-        assert _settles_at(before) == before
-        assert in_own_thread(_parallel_work) == 8_000_000
-        assert _settles_at(before) == before
+        alive.join(30)
+        assert _gone(kept) == set()
+
+        started: list[set[int]] = []
+
+        def work() -> float:
+            result = _parallel_work()
+            started.append(_os_threads() - before)
+            return result
+
+        assert in_own_thread(work) == 8_000_000
+        assert len(started[0]) >= 2  # it ran on a thread of its own, with a helper
+        assert _gone(started[0]) == set()
     finally:
+        release.set()  # a failed assertion must not leave the thread waiting, and pytest with it
         torch.set_num_threads(threads)
 
 
