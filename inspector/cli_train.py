@@ -81,8 +81,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--defect-size", default="auto", choices=("auto", "crop", "image"),
                    help="draem's synthetic defects sized to the training crop, or each between the crop's side and "
                         "the image's (for parts whose defects are large regions); auto: crop, unless the held-out "
-                        "good images look the same to the model at half size after 500 steps, then training starts "
-                        "again with image (default)")
+                        "good images look the same to the model at half size (the mean of readings at steps 400, "
+                        "450 and 500), then training starts again with image (default)")
     p.add_argument("--scales", default="auto", metavar="auto|1[,F...]",
                    help="draem's views of the frame: 1 (full size) and coarser resize factors, e.g. 1,0.5, the map "
                         "their mean; auto: 0.5 added where the held-out good images' maps are clearly quieter there "
@@ -237,15 +237,16 @@ def _defects_line(chosen: dict[str, Any]) -> str:
     """The summary's defects line: the size defect_size auto chose, and the loudness it chose it from."""
     from .scales import QUIETER
 
-    step = chosen["at_step"]
     if chosen["mean_max"] is None:
         return f"crop-sized (auto: {chosen['note']})"
+    steps = ", ".join(chosen.get("readings", [str(chosen["at_step"])]))
     loud = chosen["mean_max"]
     ratio = f"held-out good maps at half size {loud['0.5'] / max(loud['1.0'], 1e-12):.2f}x as loud as at full size"
+    when = f"at steps {steps}, {ratio} on average" if "readings" in chosen else f"at step {steps}, {ratio}"
     if chosen["chosen"] == "image":
-        return f"up to the image's size (at step {step}, {ratio}, <= {QUIETER}x, so training started again with " \
+        return f"up to the image's size ({when}, <= {QUIETER}x, so training started again with " \
                "them; --defect-size crop to keep them crop-sized)"
-    return f"crop-sized (at step {step}, {ratio}, > {QUIETER}x; --defect-size image to force larger ones)"
+    return f"crop-sized ({when}, > {QUIETER}x; --defect-size image to force larger ones)"
 
 
 def _parse_scales(text: str) -> str | list[float]:

@@ -33,7 +33,7 @@ from .model import ANOMALY_MAP, build_model, check_scales, output_kind
 from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
-from .scales import choose_defect_size, choose_scales, defect_size_unasked
+from .scales import choose_defect_size, choose_scales, defect_size_unasked, loudness, size_reading_steps
 from .scoring import make_reduction, reduction_output
 
 DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
@@ -105,9 +105,9 @@ class TrainSettings(BaseModel):
     defect_size: Literal["auto", "crop", "image"] = Field(
         "auto", description="draem's synthetic defects: sized to the training crop, each sized between the crop's "
                             "side and the image's (for parts whose defects are large regions), or auto: crop, "
-                            "unless the held-out good images look the same to the model at half size after "
-                            "min_steps / 6 steps; then training starts again with image (inspector.scales; "
-                            "docs/quality.md, row 89).")
+                            "unless the held-out good images look the same to the model at half size by "
+                            "min_steps / 6 steps (the mean of readings at 0.8, 0.9 and 1 times it); then training "
+                            "starts again with image (inspector.scales; docs/quality.md, rows 89 and 98).")
     scales: Literal["auto"] | list[float] = Field(
         "auto", description="draem's views of the frame: 1 (full size) followed by coarser resize factors, the map "
                             "being their mean; auto: 1, plus 0.5 where the model's maps of the "
@@ -410,10 +410,11 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,
            dtype: torch.dtype, size_check: int | None, bar_label: str | None) -> _Trained:
-    """One training loop from the seed: the best validation checkpoint, loaded and in eval mode. At step
-    `size_check` (defect_size auto) it asks the held-out good images which size the defects should be, and
-    returns at once, stopped by "defect size", where the answer is image. `bar_label`: the progress bar's
-    label, or None for no bar."""
+    """One training loop from the seed: the best validation checkpoint, loaded and in eval mode. With
+    `size_check` (defect_size auto) it reads the held-out good images' loudness at a few steps up to that one
+    (`scales.size_reading_steps`), asks them there which size the defects should be, and returns at once,
+    stopped by "defect size", where the answer is image. `bar_label`: the progress bar's label, or None for no
+    bar."""
     started = time.monotonic()
     images = split.data.images
     with _Deterministic():
@@ -436,6 +437,7 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
         clocked = False  # the schedule also follows the clock (_budget_binds), decided after CLOCK_EPOCH
         defect_size: str = "crop" if settings.defect_size == "auto" else settings.defect_size
         size_chosen = None
+        reading_steps, readings = (size_reading_steps(size_check) if size_check else ()), {}
         epoch_ended = started
         budget = deadline - started  # the training loop's share of the budget
         with Progress(epochs * steps, bar_label or "", enabled=bar_label is not None) as bar:
@@ -459,10 +461,12 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
                     loss_sum += loss.item() * len(idx)
                     seen += len(idx)
                     done += 1
-                    if (epoch - 1) * steps + done == size_check:  # larger defects where the part looks the same
-                        defect_size, size_chosen = choose_defect_size(model, images[split.val_idx], device,
-                                                                       settings.batch_size, dtype, size_check)
+                    step = (epoch - 1) * steps + done
+                    if step in reading_steps:  # larger defects where the part looks the same at half size
+                        readings[step] = loudness(model, images[split.val_idx], device, settings.batch_size, dtype)
                         model.train()
+                    if step == size_check:
+                        defect_size, size_chosen = choose_defect_size(readings, size_check)
                         if defect_size == "image":
                             stopped = "defect size"
                             break

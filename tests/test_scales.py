@@ -126,15 +126,19 @@ def test_training_keeps_coarser_views_for_noisy_plates_and_not_for_fine_boards(t
 def test_defect_size_auto_grows_the_defects_where_the_part_looks_the_same_at_half_size(
         trained: dict[str, Path], tmp_path: Path) -> None:
     """defect_size auto asks the held-out good images after min_steps / 6 steps (40 of these 120), with the rule of
-    the coarser view: the plates look the same at half size, so training starts again with defects up to the
-    image's size, and gives the very model that defect_size image gives; the fine boards do not, so theirs stay
-    sized to the crop. model.json records the step, the loudness and the choice, and the training summary says
-    it and how to override it. A training that ends before the step keeps crop-sized defects and says why."""
+    the coarser view applied to the mean of readings at steps 32, 36 and 40: the plates look the same at half
+    size, so training starts again with defects up to the image's size, and gives the very model that
+    defect_size image gives; the fine boards do not, so theirs stay sized to the crop. model.json records the
+    step, the readings, their mean and the choice, and the training summary says it and how to override it. A
+    training that ends before the step keeps crop-sized defects and says why."""
     for name, want in (("plates", "image"), ("fine", "crop")):
         art = load_artifact(trained[name])
         chosen = art.meta.training["defect_size"]
         assert chosen["chosen"] == want and chosen["at_step"] == 40, chosen
-        loud = chosen["mean_max"]
+        loud, readings = chosen["mean_max"], chosen["readings"]
+        assert list(readings) == ["32", "36", "40"], readings  # 0.8, 0.9 and 1 times the step, averaged
+        for factor in ("1.0", "0.5"):
+            assert loud[factor] == pytest.approx(np.mean([r[factor] for r in readings.values()]), abs=1e-3)
         assert (loud["0.5"] <= QUIETER * loud["1.0"]) == (want == "image"), loud
         line = _defects_line(chosen)
         assert f"{loud['0.5'] / loud['1.0']:.2f}x as loud" in line
