@@ -239,10 +239,12 @@ def _defects_line(chosen: dict[str, Any]) -> str:
 
     if chosen["mean_max"] is None:
         return f"crop-sized (auto: {chosen['note']})"
-    steps = ", ".join(chosen.get("readings", [str(chosen["at_step"])]))
     loud = chosen["mean_max"]
     ratio = f"held-out good maps at half size {loud['0.5'] / max(loud['1.0'], 1e-12):.2f}x as loud as at full size"
-    when = f"at steps {steps}, {ratio} on average" if "readings" in chosen else f"at step {steps}, {ratio}"
+    if "readings" in chosen:
+        when = f"at steps {', '.join(chosen['readings'])}, {ratio} on average"
+    else:  # a model.json from before the readings: one step
+        when = f"at step {chosen['at_step']}, {ratio}"
     if chosen["chosen"] == "image":
         return f"up to the image's size ({when}, <= {QUIETER}x, so training started again with " \
                "them; --defect-size crop to keep them crop-sized)"
