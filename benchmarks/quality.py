@@ -2,11 +2,12 @@
 
 Each data set is a folder laid out as train/good/, test/good/, test/defect/ and optionally ground_truth/
 (as ../shared/data/*/). For each, this runs `inspector train --data DIR/train/good --out TMP` (the default
-recipe, plus any extra options given after `--`), keeps the threshold that training set on its held-out
-slice of train/good (never tuned on test labels), scores test/ and prints per data set: image AUROC, AP,
-miss rate (and test false-reject rate) at the 1% and 5% thresholds of the held-out good images, the ROC miss
-rate at 1% test false rejects, pixel AUROC where ground truth exists, training time and inference frames/s
-(batch 8, TorchScript, channels_last, as the daemon runs it; the daemon's preprocessing excluded).
+recipe, plus any extra options given after `--`), keeps the threshold that training set on train/good
+(never tuned on test labels), scores test/ and prints per data set: image AUROC, AP, miss rate (and test
+false-reject rate) at the 1% and 5% thresholds of those good images (all of them, or the held-out slice
+alone, as training chose: `inspector train --threshold-from`), the ROC miss rate at 1% test false rejects,
+pixel AUROC where ground truth exists, training time and inference frames/s (batch 8, TorchScript,
+channels_last, as the daemon runs it; the daemon's preprocessing excluded).
 
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb [--json out.json] \
         [--keep DIR] [-- --family conv-ae --max-minutes 2]
@@ -16,7 +17,7 @@ rate at 1% test false rejects, pixel AUROC where ground truth exists, training t
 
 The second form re-evaluates models kept by an earlier `--keep DIR` (no training; "train time" is then the
 training time model.json records), here with two test-time views of draem, thresholds set afresh on the
-held-out good images. `--scales auto` gives a kept draem model the coarser views training now chooses
+good images as training set them. `--scales auto` gives a kept draem model the coarser views training now chooses
 (from its held-out good images, `inspector.scales`), or the factors given (`--scales 1,0.75,0.5`).
 
 Ground truth: masks ground_truth/defect/<name>.png (thresholded at 128), or boxes
@@ -46,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from inspector import calibrate, evaluate  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
 from inspector.cli_train import _parse_scales  # noqa: E402
-from inspector.dataset import load_files, load_folder  # noqa: E402
+from inspector.dataset import load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
 from inspector.model import VIEWS, check_scales  # noqa: E402
@@ -112,7 +113,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     """Train the recipe on root/train/good (or take the model already in `out`), evaluate on root/test; one
     result dict. `views` (`seg_views`) re-evaluates a draem model with that many test-time views (of the
     segmenter only), `scales` ("auto" or factors "1,0.75") with those scales, its thresholds then set afresh
-    on the held-out scores."""
+    on the good images' scores as training set them."""
     t0 = time.monotonic()
     if not trained:
         cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out",
@@ -129,14 +130,18 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, **how)
     train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)
-    held = [p for p in train_good.paths if p.name in _held_out_names(art)]
-    val = load_files(held, spec.height, spec.width, spec.channels, **how)
+    held_names = _held_out_names(art)
+    is_held = np.array([p.name in held_names for p in train_good.paths])
+    val, seen = train_good.images[is_held], train_good.images[~is_held]
     if scales is not None:  # parsed as `inspector train --scales` parses them
         given = _parse_scales(scales)
         if isinstance(given, str):  # auto: as training chooses them
-            given = choose_scales(art.module, val.images, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
+            given = choose_scales(art.module, val, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
         cast(Any, art.module).scales = check_scales(given)
-    sv = score_artifact(art, val.images, device).scores["score"]
+    sv = score_artifact(art, val, device).scores["score"]
+    # the threshold's good images, as training chose them (models from before threshold_from: held-out only)
+    pooled = art.meta.training.get("settings", {}).get("threshold_from", "held-out") == "auto"
+    st = score_artifact(art, seen, device).scores["score"] if pooled else np.zeros(0)
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)
     sg, sd = sg_all.scores["score"], sd_all.scores["score"]
@@ -145,13 +150,14 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         "reduction": art.meta.score.reduction, "views": _views(art.module),
         "train_seconds": round(train_s, 1),
         "stopped_by": art.meta.training.get("stopped_by"), "epochs_run": art.meta.training.get("epochs_run"),
-        "n_heldout": len(sv), "n_test_good": len(sg), "n_test_defect": len(sd),
+        "n_heldout": len(sv), "n_calibration": int(art.meta.calibration.count) if art.meta.calibration else None,
+        "n_test_good": len(sg), "n_test_defect": len(sd),
         "auroc": evaluate.auroc(sg, sd), "ap": evaluate.average_precision(sg, sd),
         "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
     }
     for rate in (0.01, 0.05):
-        own = rate == 0.01 and views is None and seg_views is None and scales is None  # else from held-out
-        thr = art.meta.threshold.value if own else calibrate.good_quantile(sv, rate).value
+        own = rate == 0.01 and views is None and seg_views is None and scales is None  # else set afresh
+        thr = art.meta.threshold.value if own else calibrate.all_good_quantile(sv, st, rate)[0].value
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
         row[f"test_false_reject_at_{rate:.0%}"] = c.false_reject_rate

@@ -39,9 +39,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "train", help="train a model on good images and calibrate it", formatter_class=_FORMATTER,
         description=(
             "Train a model on images of good parts, keep the checkpoint with the lowest validation loss, set\n"
-            "the threshold on a held-out slice of the good images, and write the model directory. The default\n"
-            "family, draem, learns to repair and segment synthetic defects painted on the good images; conv-ae\n"
-            "and dense-ae are plain autoencoders. Training stops after --max-minutes (default 9).\n\n"
+            "the threshold on the good images (checked on a held-out slice), and write the model directory. The\n"
+            "default family, draem, learns to repair and segment synthetic defects painted on the good images;\n"
+            "conv-ae and dense-ae are plain autoencoders. Training stops after --max-minutes (default 9).\n\n"
             "Images: any common format, grayscale or colour, any size (all are resized to --size; folders of\n"
             "mixed sizes are fine). Unreadable files are skipped with a warning. If DIR has a good/ subfolder\n"
             "(as `inspector synth` writes), only DIR/good is used. The same command gives the same weights on\n"
@@ -73,7 +73,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyper-parameter, e.g. base_width=16 (repeatable)")
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
-                   help="false-reject rate the threshold aims for on held-out good images (default 0.01)")
+                   help="false-reject rate the threshold aims for on good images (default 0.01)")
+    p.add_argument("--threshold-from", default="auto", choices=("auto", "held-out"),
+                   help="good images the threshold is set on: auto, all of them (trained-on and held-out) unless "
+                        "that threshold rejects more held-out ones than the rate makes likely, then the held-out "
+                        "ones alone; held-out: those alone (default auto)")
     p.add_argument("--no-augment", action="store_true", help="train without shifts and brightness jitter")
     p.add_argument("--flip", action="store_true", help="also mirror training images at random")
     p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",
@@ -333,7 +337,7 @@ def _load_artifact(path: Path) -> Artifact:
 # ----------------------------------------------------------------------------------------------- train
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train, calibrate on the held-out slice, write the artifact, print a summary."""
+    """Train, calibrate on the good images, write the artifact, print a summary."""
     import torch
     from pydantic import ValidationError
 
@@ -376,7 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             reduction=args.reduction, target_false_reject=args.target_false_reject,
             augment=Augment(shift=0, brightness=0, contrast=0) if args.no_augment else Augment(flip=args.flip),
             crop=args.crop, defect_size=args.defect_size, scales=_parse_scales(args.scales),
-            precision=args.precision, fit=args.fit, contrast=args.contrast,
+            precision=args.precision, fit=args.fit, contrast=args.contrast, threshold_from=args.threshold_from,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -430,8 +434,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  scales    {_scales_line(meta.hparams['scales'], meta.training.get('scales'))}")
     cal = meta.calibration
     assert cal is not None  # train always calibrates
-    print(f"  score     {meta.score.reduction}; held-out good scores mean {cal.mean:.4g}, max {cal.max:.4g}")
-    print(f"  threshold {th.value:.6g} ({th.method}, target false-reject {args.target_false_reject:g})")
+    print(f"  score     {meta.score.reduction}; good scores mean {cal.mean:.4g}, max {cal.max:.4g}")
+    print(f"  threshold {th.value:.6g} ({th.method} on {th.details.get('calibrated_on', 'the good images')}, "
+          f"target false-reject {args.target_false_reject:g})")
     if "note" in th.details:
         _warn(str(th.details["note"]))
     print(f"  artifact  {out}/{META_FILE}, {out}/{WEIGHTS_FILE} ({weights_mb:.2f} MB)")

@@ -1,4 +1,4 @@
-"""Training an autoencoder on good images, then calibrating it on a held-out slice and writing the artifact.
+"""Training an autoencoder on good images, then calibrating it on those images and writing the artifact.
 
 Never imported by the daemon. Determinism: python, numpy and torch are seeded, the split and batch order
 come from the seed, there are no loader workers, and torch runs with deterministic algorithms, so the same
@@ -93,6 +93,11 @@ class TrainSettings(BaseModel):
                                                     "family's default.")
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
+    threshold_from: Literal["auto", "held-out"] = Field(
+        "auto", description="Good images the threshold is set on: auto, all of them (trained-on and held-out), "
+                            "unless that threshold rejects more held-out images than the rate makes likely, then "
+                            "the held-out ones alone (inspector.calibrate.all_good_quantile; docs/quality.md, "
+                            "row 99); or held-out, those alone.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
     fit: Fit | Literal["auto"] = Field(
         "auto", description="How images of another aspect than the input's are fitted to it: stretch, pad (aspect "
@@ -353,7 +358,7 @@ class _Trained:
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
         budget_started: float | None = None) -> TrainResult:
-    """Train on the split, keep the best validation checkpoint, calibrate on the held-out slice, save.
+    """Train on the split, keep the best validation checkpoint, calibrate (`settings.threshold_from`), save.
 
     The time budget (`settings.max_minutes`) runs from `budget_started` (a `time.monotonic()` reading; default:
     now), so that a caller can count the reading of the images in it. Training still gets at least
@@ -389,13 +394,16 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
             scales = check_scales(settings.scales)
         cast(Any, model).scales = scales  # a Draem (it has map_at)
         hparams = {**hparams, "scales": scales}
-    val_scores = run(model, images[split.val_idx], {"score": reduce}, device, settings.batch_size,
-                     output=output, dtype=dtype).scores["score"]
-    threshold = calibrate.good_quantile(val_scores, settings.target_false_reject)
-    threshold.details["calibrated_on"] = f"{len(val_scores)} held-out training images"
+    def scores(idx: np.ndarray) -> np.ndarray:
+        return run(model, images[idx], {"score": reduce}, device, settings.batch_size, output=output,
+                   dtype=dtype).scores["score"]
+
+    val_scores = scores(split.val_idx)
+    seen = scores(split.train_idx) if settings.threshold_from == "auto" else np.zeros(0)
+    threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
     threshold.details["arithmetic"] = precision_name(dtype)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
-    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(val_scores), out, device, {
+    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(calibrated), out, device, {
         "precision": "bf16" if trained.mixed else "fp32", "seconds": round(train_seconds, 2),
         "epochs": trained.epochs, "epochs_run": round(trained.epochs_run, 3), "clocked_schedule": trained.clocked,
         "best_epoch": trained.best_epoch, "best_val_loss": trained.best_loss, "stopped_by": trained.stopped,

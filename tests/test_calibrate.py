@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -111,3 +114,46 @@ def test_good_stats() -> None:
     assert stats.std == pytest.approx(np.std(scores))
     assert set(stats.quantiles) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
     assert stats.quantiles["0.5"] == pytest.approx(500.5)
+
+
+def test_binomial_tail_is_the_sum_of_the_binomial_terms() -> None:
+    """P(X >= k) for a few n, p and k, against the sum of exact terms; the edges are 1 and 0."""
+    for n, p in ((100, Fraction(1, 100)), (76, Fraction(1, 100)), (30, Fraction(1, 5)), (3000, Fraction(1, 100))):
+        for k in (1, 2, 4, 10):
+            exact = 1 - sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k))  # exact fractions
+            assert calibrate.binomial_tail(k, n, float(p)) == pytest.approx(float(exact), rel=1e-9)
+    assert calibrate.binomial_tail(0, 10, 0.01) == 1.0 and calibrate.binomial_tail(11, 10, 0.5) == 0.0
+    assert calibrate.binomial_tail(4, 100, 0.01) == pytest.approx(0.01837, abs=1e-5)
+
+
+def test_all_good_quantile_joins_the_trained_on_scores_when_they_look_like_new_ones() -> None:
+    """Held-out and trained-on scores from one distribution: the threshold is the quantile of all of them."""
+    rng = np.random.default_rng(0)
+    held, seen = rng.normal(0.3, 0.1, 100), rng.normal(0.3, 0.1, 900)
+    spec, used = calibrate.all_good_quantile(held, seen, 0.01)
+    both = np.concatenate([held, seen])
+    assert spec.value == calibrate.good_quantile(both, 0.01).value and used.size == 1000
+    assert spec.details["allowed_rejects"] == 10 and spec.details["held_out_check_p"] >= calibrate.HELD_OUT_CHECK
+    assert spec.details["calibrated_on"] == "1000 good training images (900 trained on, 100 held out)"
+    assert spec.details["held_out_rejects"] == np.count_nonzero(held >= spec.value) and "note" not in spec.details
+
+
+def test_all_good_quantile_keeps_the_held_out_threshold_when_the_model_learnt_its_images() -> None:
+    """Trained-on scores well below the held-out ones (a model that learnt its images by heart): the joint
+    threshold would reject many new good parts, so the held-out scores alone set it, and a note says why."""
+    rng = np.random.default_rng(1)
+    held, seen = rng.normal(0.3, 0.1, 100), rng.normal(0.1, 0.05, 900)
+    spec, used = calibrate.all_good_quantile(held, seen, 0.01)
+    assert spec.value == calibrate.good_quantile(held, 0.01).value and used.size == 100
+    assert spec.details["held_out_rejects"] >= 5 and spec.details["held_out_check_p"] < calibrate.HELD_OUT_CHECK
+    assert spec.details["calibrated_on"] == "100 held-out training images"
+    assert "trained on lower than new ones" in str(spec.details["note"])
+    few, _ = calibrate.all_good_quantile(held[:5], seen, 0.01)  # too few held out: both notes kept
+    assert "held-out images alone" in str(few.details["note"]) and "cannot show" in str(few.details["note"])
+
+
+def test_all_good_quantile_without_trained_on_scores_is_the_held_out_quantile() -> None:
+    held = np.linspace(0.0, 1.0, 100)
+    spec, used = calibrate.all_good_quantile(held, np.zeros(0), 0.01)
+    assert spec.value == calibrate.good_quantile(held, 0.01).value and used.size == 100
+    assert spec.details["calibrated_on"] == "100 held-out training images"

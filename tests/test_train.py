@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import dataset
+from inspector import calibrate, dataset
 from inspector.artifact import ArtifactError, load_artifact
 from inspector.cli import main
 from inspector.inference import run, score_artifact, to_tensor
@@ -84,7 +84,9 @@ def test_artifact_describes_the_training(trained: dict[str, Path]) -> None:
     assert meta.family == "conv-ae" and meta.hparams == HP
     assert (meta.input.height, meta.input.width, meta.input.channels) == (SIZE, SIZE, 1)
     assert meta.threshold.method == "good_quantile" and meta.threshold.value > 0
-    assert meta.calibration is not None and meta.calibration.count == 12  # 25% of 48 held out
+    assert meta.calibration is not None and meta.calibration.count == 48  # all good images: 12 held out checked it
+    assert meta.threshold.details["calibrated_on"] == "48 good training images (36 trained on, 12 held out)"
+    assert meta.threshold.details["held_out_count"] == 12 and meta.threshold.details["held_out_check_p"] >= 0.05
     assert meta.data["count"] == 48 and meta.data["train_count"] == 36 and len(meta.data["content_hash"]) == 64
     assert meta.data["folder"].endswith("good")  # DIR/good was used
     assert meta.training["settings"]["epochs"] == 25 and meta.training["best_epoch"] >= 1
@@ -116,6 +118,19 @@ def test_same_command_gives_the_same_weights(tmp_path: Path) -> None:
     other = settings.model_copy(update={"seed": 1})
     c = fit(load_split(tmp_path / "data", other), other, tmp_path / "c").artifact.meta.weights_sha256
     assert c != a
+
+
+def test_threshold_from_held_out_sets_it_on_the_held_out_slice_alone(tmp_path: Path) -> None:
+    """threshold_from "held-out": the threshold and the stored good-score statistics come from the held-out images
+    only, and are their good quantile."""
+    _good_images(tmp_path / "data", 12, seed=6)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=4,
+                             device="cpu", val_fraction=0.25, threshold_from="held-out")
+    result = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "m")
+    meta = result.artifact.meta
+    assert meta.calibration is not None and meta.calibration.count == 3
+    assert meta.threshold.details["calibrated_on"] == "3 held-out training images"
+    assert meta.threshold.value == calibrate.good_quantile(result.val_scores, 0.01).value
 
 
 def test_time_budget_stops_training(tmp_path: Path) -> None:
