@@ -14,6 +14,7 @@ channels_last, as the daemon runs it; the daemon's preprocessing excluded).
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb --trained DIR --views 2
     python benchmarks/quality.py ../shared/data/deeppcb --trained DIR --seg-views 2    # views of the segmenter only
     python benchmarks/quality.py ../shared/data/magnetic_tile --trained DIR --scales auto  # choose draem's scales
+    python benchmarks/quality.py ../shared/data/deeppcb --trained DIR --threshold-from auto  # threshold afresh
 
 The second form re-evaluates models kept by an earlier `--keep DIR` (no training; "train time" is then the
 training time model.json records), here with two test-time views of draem, thresholds set afresh on the
@@ -109,11 +110,12 @@ def _views(module: Any) -> str:
 
 
 def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views: int | None = None,
-          seg_views: int | None = None, scales: str | None = None) -> dict[str, Any]:
+          seg_views: int | None = None, scales: str | None = None,
+          threshold_from: str | None = None) -> dict[str, Any]:
     """Train the recipe on root/train/good (or take the model already in `out`), evaluate on root/test; one
     result dict. `views` (`seg_views`) re-evaluates a draem model with that many test-time views (of the
     segmenter only), `scales` ("auto" or factors "1,0.75") with those scales, its thresholds then set afresh
-    on the good images' scores as training set them."""
+    on the good images' scores as training set them (or as `threshold_from` says: "auto" or "held-out")."""
     t0 = time.monotonic()
     if not trained:
         cmd = [sys.executable, "-m", "inspector", "train", "--data", str(root / "train" / "good"), "--out",
@@ -140,14 +142,15 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         cast(Any, art.module).scales = check_scales(given)
     sv = score_artifact(art, val, device).scores["score"]
     # the threshold's good images, as training chose them (models from before threshold_from: held-out only)
-    pooled = art.meta.training.get("settings", {}).get("threshold_from", "held-out") == "auto"
+    rule = threshold_from or art.meta.training.get("settings", {}).get("threshold_from", "held-out")
+    pooled = rule == "auto"
     st = score_artifact(art, seen, device).scores["score"] if pooled else np.zeros(0)
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)
     sg, sd = sg_all.scores["score"], sd_all.scores["score"]
     row: dict[str, Any] = {
         "dataset": root.name, "family": art.meta.family, "size": f"{spec.width}x{spec.height}x{spec.channels}",
-        "reduction": art.meta.score.reduction, "views": _views(art.module),
+        "reduction": art.meta.score.reduction, "views": _views(art.module), "threshold_from": rule,
         "train_seconds": round(train_s, 1),
         "stopped_by": art.meta.training.get("stopped_by"), "epochs_run": art.meta.training.get("epochs_run"),
         "n_heldout": len(sv), "n_calibration": int(art.meta.calibration.count) if art.meta.calibration else None,
@@ -156,7 +159,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
         "roc_miss_at_1pct": evaluate.miss_rate_at_false_reject(sg, sd, 0.01)[0],
     }
     for rate in (0.01, 0.05):
-        own = rate == 0.01 and views is None and seg_views is None and scales is None  # else set afresh
+        own = rate == 0.01 and all(x is None for x in (views, seg_views, scales, threshold_from))  # else afresh
         thr = art.meta.threshold.value if own else calibrate.all_good_quantile(sv, st, rate)[0].value
         c = evaluate.confusion(sg, sd, thr)
         row[f"miss_at_{rate:.0%}"] = c.miss_rate
@@ -237,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate draem models with this many views of the segmenter (one repair)")
     p.add_argument("--scales", metavar="auto|1[,F...]",
                    help="evaluate draem models at these scales, or those chosen from the held-out good images")
+    p.add_argument("--threshold-from", choices=("auto", "held-out"),
+                   help="with --trained: set the thresholds afresh on these good images (as `inspector train "
+                        "--threshold-from`) instead of keeping the model's")
     args = p.parse_args(argv)
     if (args.views or 1) > 1 and (args.seg_views or 1) > 1:  # as Draem refuses them together
         p.error("--views and --seg-views are not taken together")
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
         rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views,
-                          seg_views=args.seg_views, scales=args.scales))
+                          seg_views=args.seg_views, scales=args.scales, threshold_from=args.threshold_from))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))
