@@ -375,11 +375,14 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     deadline = _deadline(settings.max_minutes, started, budget_started)
     dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
     size_check = _size_check_step(settings)
-    trained = _train(split, settings, hparams, device, deadline, dtype, size_check, "training" if progress else None)
+    after = len(split.train_idx) if settings.threshold_from == "auto" else 0  # scored for the threshold
+    trained = _train(split, settings, hparams, device, deadline, dtype, size_check,
+                     "training" if progress else None, after)
     if trained.stopped == "defect size":
         asked = trained.size_chosen
         trained = _train(split, settings.model_copy(update={"defect_size": "image"}), hparams, device, deadline,
-                         dtype, None, "training again, with defects up to the image's size" if progress else None)
+                         dtype, None, "training again, with defects up to the image's size" if progress else None,
+                         after)
         trained.size_chosen = asked
     model = trained.model
     train_seconds = time.monotonic() - started
@@ -394,7 +397,8 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
             scales = check_scales(settings.scales)
         cast(Any, model).scales = scales  # a Draem (it has map_at)
         hparams = {**hparams, "scales": scales}
-    def scores(idx: np.ndarray) -> np.ndarray:
+
+    def scores(idx: np.ndarray) -> np.ndarray:  # the chosen model's scores of some of the images
         return run(model, images[idx], {"score": reduce}, device, settings.batch_size, output=output,
                    dtype=dtype).scores["score"]
 
@@ -417,12 +421,13 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
 
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,
-           dtype: torch.dtype, size_check: int | None, bar_label: str | None) -> _Trained:
+           dtype: torch.dtype, size_check: int | None, bar_label: str | None, after: int = 0) -> _Trained:
     """One training loop from the seed: the best validation checkpoint, loaded and in eval mode. With
     `size_check` (defect_size auto) it reads the held-out good images' loudness at a few steps up to that one
     (`scales.size_reading_steps`), asks them there which size the defects should be, and returns at once,
     stopped by "defect size", where the answer is image. `bar_label`: the progress bar's label, or None for no
-    bar."""
+    bar. `after`: how many images will be scored once training ends, beyond the held-out ones; the loop stops
+    early enough for that, at the pace of the first epoch's validation."""
     started = time.monotonic()
     images = split.data.images
     with _Deterministic():
@@ -484,9 +489,13 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
                         break
                 if stopped == "defect size":
                     break
+                val_started = time.monotonic()
                 val = _val_loss(model, val_u8, settings.batch_size, settings.family)
                 epochs_run += done / steps
                 now = time.monotonic()
+                if epoch == 1 and after:  # time for scoring the trained-on images too, inside the budget
+                    deadline -= after * (now - val_started) / len(val_u8)
+                    budget = deadline - started
                 if epoch == CLOCK_EPOCH and math.isfinite(deadline):
                     clocked = _budget_binds(epochs - epoch, now - epoch_ended, deadline - now)
                 epoch_ended = now

@@ -28,9 +28,11 @@ from inspector.train import (
     _batches,
     _budget_binds,
     _deadline,
+    _train,
     augment,
     epochs_for,
     fit,
+    hparams_for,
     load_split,
     steps_per_epoch,
 )
@@ -144,6 +146,22 @@ def test_time_budget_stops_training(tmp_path: Path) -> None:
     assert training["deterministic"] is False and training["clocked_schedule"] is True
     seconds = [h["seconds"] for h in training["history"]]
     assert seconds == sorted(seconds) and seconds[-1] <= training["seconds"]
+
+
+def test_training_stops_in_time_to_score_the_trained_on_images(tmp_path: Path) -> None:
+    """The images scored after training for the threshold count in the budget: the loop stops that many images'
+    validation time before the deadline. With far more of them than the budget can score, it stops in the second
+    epoch; with none, the same budget runs every epoch."""
+    _good_images(tmp_path / "data", 12, seed=7)
+    settings = TrainSettings(family="conv-ae", height=SIZE, width=SIZE, hparams=HP, epochs=4, batch_size=4,
+                             device="cpu")
+    split = load_split(tmp_path / "data", settings)
+    hp, cpu = hparams_for(settings), torch.device("cpu")
+    deadline = time.monotonic() + 600
+    every = _train(split, settings, hp, cpu, deadline, torch.float32, None, None)
+    assert every.stopped == "epochs" and every.epochs_run == 4
+    squeezed = _train(split, settings, hp, cpu, deadline, torch.float32, None, None, after=10**9)
+    assert squeezed.stopped == "time budget" and 1 < squeezed.epochs_run < 2
 
 
 def test_the_clock_decides_on_the_second_epochs_pace() -> None:
