@@ -373,16 +373,17 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     images = split.data.images
     hparams = hparams_for(settings)
     deadline = _deadline(settings.max_minutes, started, budget_started)
+    floor = started + MIN_BUDGET_SHARE * settings.max_minutes * 60 if settings.max_minutes else -math.inf
     dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
     size_check = _size_check_step(settings)
     after = len(split.train_idx) if settings.threshold_from == "auto" else 0  # scored for the threshold
     trained = _train(split, settings, hparams, device, deadline, dtype, size_check,
-                     "training" if progress else None, after)
+                     "training" if progress else None, after, floor)
     if trained.stopped == "defect size":
         asked = trained.size_chosen
         trained = _train(split, settings.model_copy(update={"defect_size": "image"}), hparams, device, deadline,
                          dtype, None, "training again, with defects up to the image's size" if progress else None,
-                         after)
+                         after, floor)
         trained.size_chosen = asked
     model = trained.model
     train_seconds = time.monotonic() - started
@@ -421,13 +422,15 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
 
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,
-           dtype: torch.dtype, size_check: int | None, bar_label: str | None, after: int = 0) -> _Trained:
+           dtype: torch.dtype, size_check: int | None, bar_label: str | None, after: int = 0,
+           floor: float = -math.inf) -> _Trained:
     """One training loop from the seed: the best validation checkpoint, loaded and in eval mode. With
     `size_check` (defect_size auto) it reads the held-out good images' loudness at a few steps up to that one
     (`scales.size_reading_steps`), asks them there which size the defects should be, and returns at once,
     stopped by "defect size", where the answer is image. `bar_label`: the progress bar's label, or None for no
     bar. `after`: how many images will be scored once training ends, beyond the held-out ones; the loop stops
-    early enough for that, at the pace of the first epoch's validation."""
+    early enough for that, at the pace of the first epoch's validation, but not before `floor` (the share of
+    the budget that training always gets)."""
     started = time.monotonic()
     images = split.data.images
     with _Deterministic():
@@ -494,7 +497,7 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
                 epochs_run += done / steps
                 now = time.monotonic()
                 if epoch == 1 and after:  # time for scoring the trained-on images too, inside the budget
-                    deadline -= after * (now - val_started) / len(val_u8)
+                    deadline = max(deadline - after * (now - val_started) / len(val_u8), floor)
                     budget = deadline - started
                 if epoch == CLOCK_EPOCH and math.isfinite(deadline):
                     clocked = _budget_binds(epochs - epoch, now - epoch_ended, deadline - now)
