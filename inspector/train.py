@@ -333,11 +333,16 @@ def _budget_binds(epochs_left: int, epoch_seconds: float, seconds_left: float) -
 
 def _deadline(max_minutes: float | None, started: float, budget_started: float | None) -> float:
     """When training must stop: `max_minutes` after the budget started, but not before the loop has had
-    MIN_BUDGET_SHARE of them."""
+    MIN_BUDGET_SHARE of them (`_floor`)."""
     if not max_minutes:
         return math.inf
-    budget = max_minutes * 60
-    return max((started if budget_started is None else budget_started) + budget, started + MIN_BUDGET_SHARE * budget)
+    return max((started if budget_started is None else budget_started) + max_minutes * 60,
+               _floor(max_minutes, started))
+
+
+def _floor(max_minutes: float | None, started: float) -> float:
+    """The earliest a training that started at `started` may be stopped: after MIN_BUDGET_SHARE of its budget."""
+    return started + MIN_BUDGET_SHARE * max_minutes * 60 if max_minutes else -math.inf
 
 
 @dataclass
@@ -373,7 +378,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     images = split.data.images
     hparams = hparams_for(settings)
     deadline = _deadline(settings.max_minutes, started, budget_started)
-    floor = started + MIN_BUDGET_SHARE * settings.max_minutes * 60 if settings.max_minutes else -math.inf
+    floor = _floor(settings.max_minutes, started)
     dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
     size_check = _size_check_step(settings)
     after = len(split.train_idx) if settings.threshold_from == "auto" else 0  # scored for the threshold
