@@ -132,8 +132,7 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     good = load_folder(root / "test" / "good", spec.height, spec.width, spec.channels, **how)
     defect = load_folder(root / "test" / "defect", spec.height, spec.width, spec.channels, **how)
     train_good = load_folder(root / "train" / "good", spec.height, spec.width, spec.channels, **how)
-    held_names = _held_out_names(art)
-    is_held = np.array([p.name in held_names for p in train_good.paths])
+    is_held = held_out_mask(art, train_good.paths, root / "train" / "good")
     val, seen = train_good.images[is_held], train_good.images[~is_held]
     if scales is not None:  # parsed as `inspector train --scales` parses them
         given = _parse_scales(scales)
@@ -171,11 +170,20 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
     return row
 
 
-def _held_out_names(art: Artifact) -> set[str]:
+def held_out_mask(art: Artifact, paths: list[Path], folder: Path) -> np.ndarray:
+    """Which of a model's training images (`paths`, read from `folder`) it held out (bool per path). Stops with
+    a clear message when the model lists none, or lists files that the folder does not hold (another folder
+    than the one it was trained on, or copies under other names)."""
     names = art.meta.data.get("held_out_files")
     if not names:
         raise SystemExit(f"{art.path}: model.json lists no held-out files (data.held_out_files)")
-    return set(names)
+    held = set(names)
+    missing = sorted(held - {p.name for p in paths})
+    if missing:
+        raise SystemExit(f"{folder}: {len(missing)} of the {len(held)} held-out files that {art.path}/model.json "
+                         f"lists are not there (such as {missing[0]}); evaluate a model on the folder it was "
+                         "trained on")
+    return np.array([p.name in held for p in paths])
 
 
 def pixel_auroc(root: Path, defect_paths: list[Path], good_maps: np.ndarray | None, defect_maps: np.ndarray | None,

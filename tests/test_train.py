@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.quality import held_out_mask
 from inspector import calibrate, dataset
 from inspector.artifact import ArtifactError, load_artifact
 from inspector.cli import main
@@ -273,6 +274,20 @@ def test_score_prints_verdicts_and_writes_heatmaps(trained: dict[str, Path], tmp
     heat = cv2.imread(str(tmp_path / "h" / f"{defect.stem}_heatmap.png"))
     assert heat is not None and heat.shape == (64, 64, 3)  # drawn over the original image
     assert len(list((tmp_path / "h").iterdir())) == 2
+
+
+def test_quality_benchmark_finds_the_held_out_images_or_says_why_not(trained: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """`benchmarks/quality.py --trained` marks the model's held-out images in the folder it was trained on, and
+    stops with a clear message on copies of it under other names."""
+    art = load_artifact(trained["model"])
+    folder = trained["root"] / "data" / "good"
+    paths = sorted(folder.iterdir())
+    mask = held_out_mask(art, paths, folder)
+    assert mask.sum() == 12 and {p.name for p in np.asarray(paths)[mask]} == set(art.meta.data["held_out_files"])
+    renamed = [tmp_path / f"{p.stem}.webp" for p in paths]
+    with pytest.raises(SystemExit, match=r"12 of the 12 held-out files .* are not there"):
+        held_out_mask(art, renamed, tmp_path)
 
 
 def test_artifact_round_trip(trained: dict[str, Path], tmp_path: Path) -> None:
