@@ -7,7 +7,8 @@ recipe, plus any extra options given after `--`), keeps the threshold that train
 false-reject rate) at the 1% and 5% thresholds of those good images (all of them, or the held-out slice
 alone, as training chose: `inspector train --threshold-from`), the ROC miss rate at 1% test false rejects,
 pixel AUROC where ground truth exists, training time and inference frames/s (batch 8, TorchScript,
-channels_last, as the daemon runs it; the daemon's preprocessing excluded).
+channels_last, as the daemon runs it; the daemon's preprocessing excluded). Scoring runs on the CPU, with as
+many threads as training is given (`-- --threads N`), else torch's default.
 
     python benchmarks/quality.py ../shared/data/magnetic_tile ../shared/data/deeppcb [--json out.json] \
         [--keep DIR] [-- --family conv-ae --max-minutes 2]
@@ -202,6 +203,17 @@ def pixel_auroc(root: Path, defect_paths: list[Path], good_maps: np.ndarray | No
     return evaluate.auroc(negatives, positives) if positives.size else None
 
 
+def scoring_threads(extra: list[str]) -> int | None:
+    """The CPU threads that training is given among the extra options (`--threads N`), which scoring then
+    takes too: several benchmarks run side by side (on a GPU host) must not each score on every core."""
+    for i, arg in enumerate(extra):
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--threads" and i + 1 < len(extra):
+            return int(extra[i + 1])
+    return None
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a markdown table, one row per data set."""
     def f(v: Any) -> str:
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.views or 1) > 1 and (args.seg_views or 1) > 1:  # as Draem refuses them together
         p.error("--views and --seg-views are not taken together")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(scoring_threads(extra) or torch.get_num_threads())
     check_layout(p, args.datasets)
     rows = []
     for root in args.datasets:
