@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from inspector import calibrate, evaluate  # noqa: E402
 from inspector.artifact import Artifact, load_artifact  # noqa: E402
+from inspector.cli import build_parser  # noqa: E402
 from inspector.cli_train import _parse_scales  # noqa: E402
 from inspector.dataset import load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
@@ -205,13 +206,9 @@ def pixel_auroc(root: Path, defect_paths: list[Path], good_maps: np.ndarray | No
 
 def scoring_threads(extra: list[str]) -> int | None:
     """The CPU threads that training is given among the extra options (`--threads N`), which scoring then
-    takes too: several benchmarks run side by side (on a GPU host) must not each score on every core."""
-    for i, arg in enumerate(extra):
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-        if arg == "--threads" and i + 1 < len(extra):
-            return int(extra[i + 1])
-    return None
+    takes too: several benchmarks run side by side (on a GPU host) must not each score on every core. Read by
+    `inspector train`'s own parser, so that scoring takes exactly what training does."""
+    return build_parser().parse_args(["train", "--data", ".", "--out", ".", *extra]).threads
 
 
 def table(rows: list[dict[str, Any]]) -> str:

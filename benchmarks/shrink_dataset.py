@@ -60,6 +60,8 @@ def copy_dataset(src: Path, dst: Path, size: int = 256) -> dict[str, int]:
         if image is None:
             continue
         ok, data = cv2.imencode(".webp", shrink(image, size, fit), LOSSLESS_WEBP)
+        if not ok:
+            raise SystemExit(f"shrink_dataset: {path}: OpenCV could not encode it as WebP")
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data.tobytes())
