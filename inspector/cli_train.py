@@ -41,7 +41,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "Train a model on images of good parts, keep the checkpoint with the lowest validation loss, set\n"
             "the threshold on the good images (checked on a held-out slice), and write the model directory. The\n"
             "default family, draem, learns to repair and segment synthetic defects painted on the good images;\n"
-            "conv-ae and dense-ae are plain autoencoders. Training stops after --max-minutes (default 9).\n\n"
+            "conv-ae and dense-ae are plain autoencoders; patchcore keeps a bank of good patches' features from\n"
+            "an ImageNet-pretrained network (no training steps; see docs/quality.md for when it wins). Training\n"
+            "stops after --max-minutes (default 9).\n\n"
             "Images: any common format, grayscale or colour, any size (all are resized to --size; folders of\n"
             "mixed sizes are fine). Unreadable files are skipped with a warning. If DIR has a good/ subfolder\n"
             "(as `inspector synth` writes), only DIR/good is used. The same command gives the same weights on\n"
@@ -51,7 +53,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of good images (or DIR/good)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write, e.g. models/NAME")
-    p.add_argument("--family", default="draem", help="model family: draem (default), conv-ae or dense-ae")
+    p.add_argument("--family", default="draem", help="model family: draem (default), patchcore, conv-ae or dense-ae")
     p.add_argument("--size", default="256", metavar="N|WxH",
                    help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
     p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
@@ -342,6 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .artifact import META_FILE, WEIGHTS_FILE
+    from .model import BANK_FAMILIES
     from .train import (
         DEFAULT_EPOCHS,
         Augment,
@@ -413,7 +416,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _warn(w)
     steps = steps_per_epoch(len(split.train_idx), settings.batch_size)
     epochs = epochs_for(settings, steps)
-    if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS:
+    bank = settings.family in BANK_FAMILIES
+    if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS and not bank:
         _note(f"--epochs auto: {len(split.train_idx)} training images make {steps} step(s) per epoch, so {epochs} "
               f"epochs, for at least {settings.min_steps} steps (--epochs N to set them)")
     result = fit(split, settings, out, progress=not args.quiet, budget_started=reading)
@@ -422,12 +426,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     th = meta.threshold
     weights_mb = (out / WEIGHTS_FILE).stat().st_size / 1e6
     data = split.data
+    how = (f"a bank of {meta.hparams['bank']} good patches" if bank else
+           f"{result.epochs_run:.1f} of {epochs} epoch(s), stopped by {result.stopped}")
     print(f"trained {out} ({meta.family}, {width}x{height}x{data.channels}) in {result.seconds:.1f} s on "
-          f"{meta.training['device']}: {result.epochs_run:.1f} of {epochs} epoch(s), stopped by {result.stopped}")
+          f"{meta.training['device']}: {how}")
     print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized, read in {read_seconds:.1f} s; hash "
           f"{data.content_hash[:16]}")
-    print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
+    if not bank:
+        print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
     if "defect_size" in meta.training:
         print(f"  defects   {_defects_line(meta.training['defect_size'])}")
     if "scales" in meta.hparams:

@@ -2,7 +2,7 @@
 
 Every model maps a float batch in [0, 1] of shape (B, C, H, W) either to its reconstruction, same shape
 (output kind "reconstruction": the autoencoders), or to an anomaly map (B, 1, H, W) in [0, 1] (output kind
-"anomaly_map": `draem`, whose score reductions read the map and ignore the input).
+"anomaly_map": `draem` and `patchcore`, whose score reductions read the map and ignore the input).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Callable, Literal, cast, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .patchcore import PatchCore
 
 RECONSTRUCTION = "reconstruction"
 ANOMALY_MAP = "anomaly_map"
@@ -286,8 +288,11 @@ def _mean_of_views(maps: torch.Tensor, b: int, flips: list[list[int]]) -> torch.
     return total / (1 + len(flips))
 
 
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"conv-ae": ConvAE, "dense-ae": DenseAE, "draem": Draem}
-OUTPUTS: dict[str, str] = {"conv-ae": RECONSTRUCTION, "dense-ae": RECONSTRUCTION, "draem": ANOMALY_MAP}
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"conv-ae": ConvAE, "dense-ae": DenseAE, "draem": Draem,
+                                                 "patchcore": PatchCore}
+OUTPUTS: dict[str, str] = {"conv-ae": RECONSTRUCTION, "dense-ae": RECONSTRUCTION, "draem": ANOMALY_MAP,
+                           "patchcore": ANOMALY_MAP}
+BANK_FAMILIES = {"patchcore"}  # fitted by keeping good patch features (patchcore.build_bank), not by gradient steps
 
 
 def output_kind(family: str) -> str:

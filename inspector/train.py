@@ -26,10 +26,12 @@ from torch import nn
 
 from . import calibrate
 from .artifact import Artifact, save_artifact
+from .backbone import load_pretrained
 from .dataset import ImageSet, load_folder, training_folder
 from .device import fast_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
-from .model import ANOMALY_MAP, build_model, check_scales, output_kind
+from .model import ANOMALY_MAP, BANK_FAMILIES, build_model, check_scales, output_kind
+from .patchcore import build_bank
 from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
@@ -38,13 +40,15 @@ from .scoring import make_reduction, reduction_output
 
 DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
-DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max"}
+DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
+                                      "patchcore": "map_max"}
 DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
     "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 1,
               "seg_views": 1, "padding": "reflect", "decoder": "conv-resize"},
+    "patchcore": {"layers": [10, 14], "pool": 3, "bank": 4000},
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
@@ -299,7 +303,8 @@ def defect_scales(defect_size: str, crop: tuple[int, int], image: tuple[int, int
 def _size_check_step(settings: TrainSettings) -> int | None:
     """The step after which defect_size auto asks the good images (None where nothing is to choose: a size set,
     or a family without synthetic defects)."""
-    auto = settings.defect_size == "auto" and output_kind(settings.family) == ANOMALY_MAP
+    auto = (settings.defect_size == "auto" and output_kind(settings.family) == ANOMALY_MAP
+            and settings.family not in BANK_FAMILIES)
     return max(1, settings.min_steps // SIZE_CHECK_SHARE) if auto else None
 
 
@@ -356,7 +361,7 @@ class _Trained:
     clocked: bool
     best_epoch: int
     best_loss: float
-    stopped: str  # "epochs", "time budget", or "defect size" (defect_size auto chose image: train again)
+    stopped: str  # "epochs", "time budget", "defect size" (defect_size auto chose image: train again), "bank"
     history: list[dict[str, float]]
     size_chosen: dict[str, Any] | None = None
 
@@ -382,8 +387,12 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
     dtype = resolve_dtype("auto", device, output_kind(settings.family))  # the daemon's default arithmetic
     size_check = _size_check_step(settings)
     after = len(split.train_idx) if settings.threshold_from == "auto" else 0  # scored for the threshold
-    trained = _train(split, settings, hparams, device, deadline, dtype, size_check,
-                     "training" if progress else None, after, floor)
+    if settings.family in BANK_FAMILIES:
+        trained = _fill_bank(split, settings, hparams, device, dtype)
+        hparams = {**hparams, "bank": int(cast(Any, trained.model).bank.shape[0])}
+    else:
+        trained = _train(split, settings, hparams, device, deadline, dtype, size_check,
+                         "training" if progress else None, after, floor)
     if trained.stopped == "defect size":
         asked = trained.size_chosen
         trained = _train(split, settings.model_copy(update={"defect_size": "image"}), hparams, device, deadline,
@@ -409,7 +418,9 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
                    dtype=dtype).scores["score"]
 
     val_scores = scores(split.val_idx)
-    seen = scores(split.train_idx) if settings.threshold_from == "auto" else np.zeros(0)
+    # a bank holds the trained-on images' own patches, so they score low: the held-out images alone set it
+    joins = settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES
+    seen = scores(split.train_idx) if joins else np.zeros(0)
     threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
     threshold.details["arithmetic"] = precision_name(dtype)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
@@ -517,6 +528,24 @@ def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], devic
         model.load_state_dict(best_state)
         model.eval()
     return _Trained(model, mixed, epochs, epochs_run, clocked, best_epoch, best_loss, stopped, history, size_chosen)
+
+
+def _fill_bank(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device,
+               dtype: torch.dtype) -> _Trained:
+    """A bank family's model: pretrained features, and a coreset of the training slice's patches as its bank."""
+    started = time.monotonic()
+    images = split.data.images
+    with _Deterministic():
+        seed_everything(settings.seed)
+        model = build_model(settings.family, split.data.channels, settings.height, settings.width,
+                            **{**hparams, "bank": 0})
+        load_pretrained(cast(Any, model).trunk)
+        model = model.to(device)
+        done = build_bank(cast(Any, model), to_tensor(images[split.train_idx], device, 1.0).to(torch.uint8),
+                          to_tensor(images[split.val_idx], device, 1.0).to(torch.uint8), int(hparams["bank"]),
+                          settings.batch_size, dtype)
+    history = [{"epoch": 1, **done, "seconds": round(time.monotonic() - started, 2)}]
+    return _Trained(model, False, 1, 1.0, False, 1, 0.0, "bank", history)
 
 
 def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: str, threshold: Any,

@@ -1,0 +1,112 @@
+"""The patchcore family: pretrained features, the coreset bank, training, the artifact and the daemon's tracing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+import torch
+
+from inspector import evaluate
+from inspector.artifact import load_artifact
+from inspector.backbone import LiteTrunk, block_stride, load_pretrained, pretrained_file
+from inspector.cli import main
+from inspector.inference import score_artifact
+from inspector.model import ANOMALY_MAP, build_model
+from inspector.patchcore import coreset
+from inspector.train import TrainSettings, fit, load_split
+from inspector.worker import trace
+from tests.test_draem import SIZE, _paint_defects, _parts
+
+
+@pytest.fixture(scope="module")
+def patchcore_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A patchcore model fitted on generated good parts (a bank smaller than their patches)."""
+    root = tmp_path_factory.mktemp("patchcore")
+    _parts(root / "data" / "good", 48, seed=0)
+    settings = TrainSettings(family="patchcore", height=SIZE, width=SIZE, hparams={"bank": 200}, device="cpu",
+                             val_fraction=0.25, max_minutes=None)
+    fit(load_split(root / "data", settings), settings, root / "model")
+    return root / "model"
+
+
+def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_model: Path, tmp_path: Path) -> None:
+    """No gradient step: the bank of good patches alone scores generated defective parts above good ones, and the
+    threshold set on the good images rejects most of them."""
+    art = load_artifact(patchcore_model)
+    assert art.meta.family == "patchcore" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
+    assert art.meta.hparams["bank"] == 200 and art.meta.training["stopped_by"] == "bank"
+    assert art.meta.training["history"][0]["patches"] == 36 * 16  # 36 training parts, a 4x4 grid each at 64 px
+    good = _parts(tmp_path / "good", 16, seed=1)
+    bad = _paint_defects(_parts(tmp_path / "bad", 16, seed=2), seed=3)
+    cpu = torch.device("cpu")
+    sg, sd = score_artifact(art, good, cpu).scores["score"], score_artifact(art, bad, cpu).scores["score"]
+    assert evaluate.auroc(sg, sd) >= 0.9, (sg, sd)
+    assert np.mean(sd >= art.meta.threshold.value) >= 0.75, (sd, art.meta.threshold.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patchcore_traces_as_the_daemon_runs_it(patchcore_model: Path, dtype: torch.dtype) -> None:
+    """The worker's TorchScript tracing works (no eager fallback), in fp32 and bf16, and the map is in [0, 1)."""
+    module = load_artifact(patchcore_model).module.to(dtype)
+    x = torch.rand(2, 1, SIZE, SIZE).to(dtype)
+    traced = trace(module, x, structlog.get_logger())
+    assert isinstance(traced, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        out = traced(x)
+    assert out.shape == (2, 1, SIZE, SIZE) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) < 1.0
+
+
+def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`inspector train --family patchcore` reports the bank, not epochs; the threshold comes from the held-out images
+    alone, without the all-images check (the bank holds the trained-on images' patches); bad layers exit 2."""
+    _parts(tmp_path / "data", 24, seed=0)
+    out = tmp_path / "m"
+    common = ["train", "--data", str(tmp_path / "data"), "--size", str(SIZE), "--family", "patchcore", "--quiet"]
+    assert main([*common, "--out", str(out), "--hparam", "bank=50", "--hparam", "layers=7,10"]) == 0
+    printed = capsys.readouterr().out
+    assert "a bank of 50 good patches" in printed and "epoch" not in printed, printed
+    meta = load_artifact(out).meta
+    assert meta.hparams["layers"] == "7,10" and meta.hparams["bank"] == 50
+    assert meta.threshold.details["calibrated_on"] == "2 held-out training images"
+    assert main([*common, "--out", str(tmp_path / "bad"), "--hparam", "layers=ten"]) == 2
+    assert "block numbers such as 10,14" in capsys.readouterr().err
+
+
+def test_coreset_takes_the_farthest_vectors_first() -> None:
+    """From three tight clusters, three picks take one vector of each; asking for all returns all."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 8, [10.0] * 8, [-10.0] + [10.0] * 7])
+    vectors = torch.cat([c + 0.01 * torch.randn(50, 8, generator=gen) for c in centres])
+    picked = coreset(vectors, 3)
+    assert sorted(int(i) // 50 for i in picked) == [0, 1, 2]
+    assert torch.equal(coreset(vectors, 500), torch.arange(150))
+
+
+def test_trunk_loads_the_packaged_imagenet_weights() -> None:
+    """Every tensor of the trunk comes from the installed weights' file, and its taps have the strides they should."""
+    trunk = LiteTrunk([4, 10, 14])
+    load_pretrained(trunk)
+    state = torch.load(pretrained_file(), map_location="cpu", weights_only=True)
+    for name, tensor in trunk.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    with torch.no_grad():
+        shapes = [tuple(t.shape) for t in trunk(torch.zeros(1, 3, 64, 96))]
+    assert shapes == [(1, 40, 8, 12), (1, 112, 4, 6), (1, 192, 2, 3)]
+    assert [block_stride(i) for i in (4, 10, 14)] == [8, 16, 32]
+
+
+def test_patchcore_refuses_what_it_cannot_run() -> None:
+    """Sizes the deepest tap cannot divide, even pools and unknown blocks are refused with the reason."""
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_model("patchcore", 1, 48, 48)
+    with pytest.raises(ValueError, match="odd"):
+        build_model("patchcore", 1, 64, 64, pool=2)
+    with pytest.raises(ValueError, match="ascending block numbers"):
+        build_model("patchcore", 1, 64, 64, layers=[14, 10])
+    with pytest.raises(ValueError, match="block numbers such as"):
+        build_model("patchcore", 1, 64, 64, layers="ten")
+    assert build_model("patchcore", 1, 64, 64, layers="7,10").trunk.taps == [7, 10]  # as --hparam layers=7,10 gives
