@@ -110,3 +110,22 @@ def test_patchcore_refuses_what_it_cannot_run() -> None:
     with pytest.raises(ValueError, match="block numbers such as"):
         build_model("patchcore", 1, 64, 64, layers="ten")
     assert build_model("patchcore", 1, 64, 64, layers="7,10").trunk.taps == [7, 10]  # as --hparam layers=7,10 gives
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
+def test_patchcore_fits_on_cuda_and_its_scores_match_the_cpus(tmp_path: Path) -> None:
+    """On CUDA the bank is built from fp16 features (the daemon's arithmetic there); the model still separates
+    generated defects, and its fp16 CUDA scores match the CPU's fp32 ones."""
+    _parts(tmp_path / "data" / "good", 48, seed=0)
+    settings = TrainSettings(family="patchcore", height=SIZE, width=SIZE, hparams={"bank": 200}, device="cuda",
+                             val_fraction=0.25, max_minutes=None)
+    fit(load_split(tmp_path / "data", settings), settings, tmp_path / "model")
+    art = load_artifact(tmp_path / "model")
+    assert art.meta.threshold.details["arithmetic"] == "fp16"
+    good = _parts(tmp_path / "good", 16, seed=1)
+    bad = _paint_defects(_parts(tmp_path / "bad", 16, seed=2), seed=3)
+    gpu = [score_artifact(art, a, torch.device("cuda")).scores["score"] for a in (good, bad)]
+    cpu = [score_artifact(art, a, torch.device("cpu"), precision="fp32").scores["score"] for a in (good, bad)]
+    assert evaluate.auroc(*gpu) >= 0.9, gpu
+    np.testing.assert_allclose(np.concatenate(gpu), np.concatenate(cpu), rtol=2e-2, atol=2e-3)
