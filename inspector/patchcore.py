@@ -114,7 +114,7 @@ def build_bank(model: PatchCore, train: torch.Tensor, held_out: torch.Tensor, si
     (N, C, H, W), on the images' device, with the features computed in `dtype` (as the daemon will); then set
     its scale to the median of the held-out images' largest patch distances. Returns what was done."""
     model.eval()
-    run = model if dtype == torch.float32 else _copy_in(model, dtype)
+    run = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)  # the daemon's arithmetic
     chunks = []
     for s in range(0, len(train), batch_size):
         x = train[s:s + batch_size].to(dtype).div_(255.0)
@@ -123,12 +123,8 @@ def build_bank(model: PatchCore, train: torch.Tensor, held_out: torch.Tensor, si
     vectors = torch.cat(chunks)
     chosen = coreset(vectors, size)
     model.bank = vectors[chosen].contiguous().to(model.scale.device)
-    run = model if dtype == torch.float32 else _copy_in(model, dtype)
+    run.bank = model.bank.to(dtype)  # the same bank in the copy, as the daemon's cast gives it
     largest = torch.cat([run.distances(held_out[s:s + batch_size].to(dtype).div_(255.0)).amax(dim=(1, 2, 3))
                          for s in range(0, len(held_out), batch_size)])
     model.scale = largest.median().clamp_min(1e-6).to(model.scale.device, torch.float32)
     return {"patches": len(vectors), "bank": len(chosen), "scale": float(model.scale)}
-
-
-def _copy_in(model: PatchCore, dtype: torch.dtype) -> PatchCore:
-    return copy.deepcopy(model).to(dtype)
