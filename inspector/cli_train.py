@@ -39,11 +39,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "train", help="train a model on good images and calibrate it", formatter_class=_FORMATTER,
         description=(
             "Train a model on images of good parts, keep the checkpoint with the lowest validation loss, set\n"
-            "the threshold on the good images (checked on a held-out slice), and write the model directory. The\n"
-            "default family, draem, learns to repair and segment synthetic defects painted on the good images;\n"
-            "conv-ae and dense-ae are plain autoencoders; patchcore keeps a bank of good patches' features from\n"
-            "an ImageNet-pretrained network (no training steps; see docs/quality.md for when it wins). Training\n"
-            "stops after --max-minutes (default 9).\n\n"
+            "the threshold on the good images (checked on a held-out slice), and write the model directory. By\n"
+            "default (--family auto) it fits two families and keeps the one that better tells the held-out good\n"
+            "images from copies with synthetic defects: patchcore, a bank of good patches' features from an\n"
+            "ImageNet-pretrained network (no training steps), unless draem, which learns to repair and segment\n"
+            "synthetic defects painted on the good images, does clearly better. conv-ae and dense-ae are plain\n"
+            "autoencoders. Training stops after --max-minutes (default 9; auto fits both inside it).\n\n"
             "Images: any common format, grayscale or colour, any size (all are resized to --size; folders of\n"
             "mixed sizes are fine). Unreadable files are skipped with a warning. If DIR has a good/ subfolder\n"
             "(as `inspector synth` writes), only DIR/good is used. The same command gives the same weights on\n"
@@ -53,7 +54,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of good images (or DIR/good)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write, e.g. models/NAME")
-    p.add_argument("--family", default="draem", help="model family: draem (default), patchcore, conv-ae or dense-ae")
+    p.add_argument("--family", default="auto",
+                   help="model family: auto (default: patchcore or draem, chosen from the good images), draem, "
+                        "patchcore, conv-ae or dense-ae")
     p.add_argument("--size", default="256", metavar="N|WxH",
                    help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
     p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
@@ -257,6 +260,16 @@ def _defects_line(chosen: dict[str, Any]) -> str:
     return f"crop-sized ({when}, > {QUIETER}x; --defect-size image to force larger ones)"
 
 
+def _choice_line(choice: dict[str, Any]) -> str:
+    """What `--family auto` chose and why, for the training summary."""
+    sep, chosen, preferred = choice["separation"], choice["chosen"], choice["preferred"]
+    others = ", ".join(f"{k}'s {v['mean']:.3f}" for k, v in sep.items() if k != chosen)
+    rule = (f"{preferred} is kept unless another is ahead by more than {choice['margin']:g}; "
+            f"--family {' or '.join(sep)} to force one")
+    return (f"{chosen}, chosen from {', '.join(sep)} (auto): held-out good images against copies with synthetic "
+            f"defects, mean AUROC {sep[chosen]['mean']:.3f} against {others} ({rule})")
+
+
 def _parse_scales(text: str) -> str | list[float]:
     if text == "auto":
         return text
@@ -416,13 +429,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         _warn(w)
     steps = steps_per_epoch(len(split.train_idx), settings.batch_size)
     epochs = epochs_for(settings, steps)
-    bank = settings.family in BANK_FAMILIES
-    if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS and not bank:
+    if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS and settings.family not in BANK_FAMILIES:
         _note(f"--epochs auto: {len(split.train_idx)} training images make {steps} step(s) per epoch, so {epochs} "
               f"epochs, for at least {settings.min_steps} steps (--epochs N to set them)")
     result = fit(split, settings, out, progress=not args.quiet, budget_started=reading)
 
     meta = result.artifact.meta
+    bank = meta.family in BANK_FAMILIES
     th = meta.threshold
     weights_mb = (out / WEIGHTS_FILE).stat().st_size / 1e6
     data = split.data
@@ -433,6 +446,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  data      {data.folder}: {len(data)} images ({len(split.train_idx)} train, {len(split.val_idx)} held "
           f"out), {len(data.skipped)} unreadable skipped, {data.resized} resized, read in {read_seconds:.1f} s; hash "
           f"{data.content_hash[:16]}")
+    if "family_choice" in meta.training:
+        print(f"  family    {_choice_line(meta.training['family_choice'])}")
     if not bank:
         print(f"  best      epoch {result.best_epoch}, validation loss {result.best_val_loss:.6f}")
     if "defect_size" in meta.training:

@@ -27,6 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .backbone import load_pretrained
+from .choose import choose, separation
 from .dataset import ImageSet, load_folder, training_folder
 from .device import fast_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
@@ -38,7 +39,11 @@ from .repair import crop_size, random_crops, repair_loss
 from .scales import choose_defect_size, choose_scales, defect_size_unasked, loudness, size_reading_steps
 from .scoring import make_reduction, reduction_output
 
-DEFAULT_FAMILY = "draem"  # best on the real data sets (docs/quality.md)
+AUTO = "auto"  # the family: fit each of AUTO_FAMILIES, keep the one the good images choose (inspector.choose)
+AUTO_FAMILIES = ("patchcore", "draem")  # patchcore first: it takes a minute or two, draem the rest of the budget
+AUTO_PREFERRED = "patchcore"  # kept unless another candidate separates the synthetic defects by more than ...
+AUTO_MARGIN = 0.05  # ... this much mean AUROC (docs/quality.md, row 105)
+DEFAULT_FAMILY = AUTO  # docs/quality.md
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
 DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
                                       "patchcore": "map_max"}
@@ -77,7 +82,8 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    family: str = Field(DEFAULT_FAMILY, description="Model family (inspector.model.FAMILIES).")
+    family: str = Field(DEFAULT_FAMILY, description="Model family (inspector.model.FAMILIES), or auto: fit "
+                                                   "patchcore and draem, keep the one the good images choose.")
     height: int = Field(256, ge=8, description="Input height in pixels.")
     width: int = Field(256, ge=8, description="Input width in pixels.")
     channels: int | str = Field("auto", description="1, 3 or auto (1 when every image is grayscale).")
@@ -178,6 +184,17 @@ def check_settings(settings: TrainSettings) -> None:
     channels = 1 if settings.channels == "auto" else settings.channels
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1, 3 or auto, got {settings.channels!r}")
+    if settings.family == AUTO:
+        if settings.hparams:
+            raise ValueError("hyper-parameters need a family: family auto fits more than one "
+                             f"(--family {' or '.join(AUTO_FAMILIES)} with --hparam)")
+        for family in AUTO_FAMILIES:  # --scales is draem's: the others are checked without it
+            try:
+                check_settings(settings.model_copy(update={
+                    "family": family, "scales": settings.scales if family == "draem" else "auto"}))
+            except ValueError as exc:
+                raise ValueError(f"family auto fits {' and '.join(AUTO_FAMILIES)}, and {exc}") from None
+        return
     model = build_model(settings.family, int(channels), settings.height, settings.width, **hparams_for(settings))
     if "scales" in settings.hparams:
         raise ValueError("set draem's scales with the scales setting (--scales), not as a hyper-parameter")
@@ -366,9 +383,77 @@ class _Trained:
     size_chosen: dict[str, Any] | None = None
 
 
+@dataclass
+class _Fitted:
+    """One family fitted and calibrated, not yet saved (`_fit_one`)."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    trained: _Trained
+    val_scores: np.ndarray
+    dtype: torch.dtype
+
+
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
         budget_started: float | None = None) -> TrainResult:
-    """Train on the split, keep the best validation checkpoint, calibrate (`settings.threshold_from`), save.
+    """Fit `settings.family` (with auto, each of AUTO_FAMILIES, keeping the one that `_fit_auto` chooses),
+    calibrate it and save it to `out`; see `_fit_one`."""
+    started = time.monotonic()
+    if settings.family == AUTO:
+        fitted = _fit_auto(split, settings, out, progress, budget_started)
+    else:
+        fitted = _fit_one(split, settings, out, progress, budget_started)
+    trained = fitted.trained
+    artifact = save_artifact(out, fitted.model, fitted.meta)
+    return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started,
+                       epochs_run=trained.epochs_run, best_epoch=trained.best_epoch, best_val_loss=trained.best_loss,
+                       stopped=trained.stopped, val_scores=fitted.val_scores, history=trained.history)
+
+
+def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
+              budget_started: float | None) -> _Fitted:
+    """Fit each of AUTO_FAMILIES on the same split, ask each how well it tells the held-out good images from
+    copies with synthetic defects (`inspector.choose`), and keep the one `choose.choose` picks. patchcore goes
+    first (no gradient steps, a minute or two); draem trains in what is left of the time budget, less the time
+    its own question will take (about what patchcore's took, which runs the slower network)."""
+    budget_started = time.monotonic() if budget_started is None else budget_started
+    held_out = split.data.images[split.val_idx]
+    fitted: dict[str, _Fitted] = {}
+    asked: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    question = 0.0  # how long the last question took: the next one is given as long, inside the budget
+    for family in AUTO_FAMILIES:
+        budget = settings.max_minutes and max(settings.max_minutes - question / 60,
+                                              MIN_BUDGET_SHARE * settings.max_minutes)
+        one = settings.model_copy(update={"family": family, "max_minutes": budget})
+        started = time.monotonic()
+        fitted[family] = _fit_one(split, one, out, progress, budget_started)
+        asking = time.monotonic()
+        asked[family] = separation(_scorer(fitted[family], one, split), held_out)
+        question = time.monotonic() - asking
+        seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
+    chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
+    best = fitted[chosen]
+    best.meta["training"]["family_choice"] = {
+        "chosen": chosen, "separation": asked, "preferred": AUTO_PREFERRED, "margin": AUTO_MARGIN,
+        "seconds": seconds, "held_out": int(len(split.val_idx)),
+    }
+    best.meta["training"]["seconds"] = round(time.monotonic() - budget_started, 2)
+    return best
+
+
+def _scorer(fitted: _Fitted, settings: TrainSettings, split: Split) -> Callable[[np.ndarray], np.ndarray]:
+    """The fitted model's scores of uint8 images, in the daemon's arithmetic, as calibration computed them."""
+    device = resolve_device(settings.device)
+    reduce = make_reduction(reduction_for(settings), settings.reduction_params)
+    output = output_kind(settings.family)
+    return lambda images: run(fitted.model, images, {"score": reduce}, device, settings.batch_size, output=output,
+                              dtype=fitted.dtype).scores["score"]
+
+
+def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
+             budget_started: float | None = None) -> _Fitted:
+    """Train on the split, keep the best validation checkpoint, calibrate (`settings.threshold_from`).
 
     The time budget (`settings.max_minutes`) runs from `budget_started` (a `time.monotonic()` reading; default:
     now), so that a caller can count the reading of the images in it. Training still gets at least
@@ -431,10 +516,7 @@ def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False
         "history": trained.history, **({"scales": scales_chosen} if scales_chosen else {}),
         **({"defect_size": size_chosen} if size_chosen else {}),
     })
-    artifact = save_artifact(out, model, meta)
-    return TrainResult(artifact=artifact, split=split, seconds=time.monotonic() - started,
-                       epochs_run=trained.epochs_run, best_epoch=trained.best_epoch, best_val_loss=trained.best_loss,
-                       stopped=trained.stopped, val_scores=val_scores, history=trained.history)
+    return _Fitted(model, meta, trained, val_scores, dtype)
 
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,

@@ -80,10 +80,15 @@ def test_train_target_false_reject_out_of_range(tmp_path: Path, capsys: pytest.C
 
 
 def test_train_bad_size_family_device_and_existing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A size conv-ae cannot take, a bad epoch count, an unknown family or device, an existing model: exit 2 each."""
+    """A size the default families or draem cannot take, a bad epoch count, an unknown family or device, an existing
+    model: exit 2 each."""
     data = _images(tmp_path / "d", 2)
     out = str(tmp_path / "m")
-    _usage_error(capsys, ["train", "--data", str(data), "--out", out, "--size", "40", "--quiet"], "divisible by 16")
+    _usage_error(capsys, ["train", "--data", str(data), "--out", out, "--size", "40", "--quiet"],
+                 "family auto fits patchcore and draem, and patchcore with feature layers [10, 14] needs height and "
+                 "width divisible by 32")
+    _usage_error(capsys, ["train", "--data", str(data), "--out", out, "--size", "40", "--family", "draem"],
+                 "divisible by 16")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, "--size", "abc"], "--size")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--family", "gan"], "unknown model family")
     _usage_error(capsys, ["train", "--data", str(data), "--out", out, *FAST, "--device", "tpu"], "device")

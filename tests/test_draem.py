@@ -325,7 +325,7 @@ def _paint_defects(images: np.ndarray, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def draem_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small draem trained for a few seconds on generated good parts (the default family and reduction)."""
+    """A small draem trained for a few seconds on generated good parts (its default reduction)."""
     root = tmp_path_factory.mktemp("draem")
     _parts(root / "data" / "good", 48, seed=0)
     return _train(root, "fp32")
@@ -333,8 +333,9 @@ def draem_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(root: Path, precision: str) -> Path:
     """Train the small draem on root/data (generated good parts) into root/model."""
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=EPOCHS, batch_size=8, device="cpu",
-                             lr=3e-3, val_fraction=0.25, max_minutes=None, precision=precision)
+    settings = TrainSettings(family="draem", height=SIZE, width=SIZE, hparams=HP, epochs=EPOCHS,
+                             batch_size=8, device="cpu", lr=3e-3, val_fraction=0.25, max_minutes=None,
+                             precision=precision)
     fit(load_split(root / "data", settings), settings, root / "model")
     return root / "model"
 
@@ -415,8 +416,8 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
         cv2.imwrite(str(bad / f"d{i}.png"), image)
     hp = [arg for kv in HP.items() for arg in ("--hparam", f"{kv[0]}={kv[1]}")]
     model = tmp_path / "m"
-    assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "2", "--batch-size",
-                 "4", "--device", "cpu", "--quiet", *hp]) == 0
+    assert main(["train", "--data", str(good), "--out", str(model), "--family", "draem", "--size", "32",
+                 "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--quiet", *hp]) == 0
     meta = json.loads((model / "model.json").read_text())
     assert meta["family"] == "draem" and meta["output"] == ANOMALY_MAP and meta["score"]["reduction"] == "map_max"
     assert len(meta["data"]["held_out_files"]) == meta["data"]["held_out_count"] == 1
@@ -439,8 +440,9 @@ def test_cli_flip_crop_and_defect_size_are_recorded_and_a_bad_crop_is_refused(
     _parts(good, 8, seed=7)
     hp = [arg for kv in HP.items() for arg in ("--hparam", f"{kv[0]}={kv[1]}")]
     model = tmp_path / "m"
-    assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "1", "--batch-size",
-                 "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1", "--defect-size", "image", *hp]) == 0
+    assert main(["train", "--data", str(good), "--out", str(model), "--family", "draem", "--size", "32",
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--quiet", "--flip", "--crop", "1",
+                 "--defect-size", "image", *hp]) == 0
     training = json.loads((model / "model.json").read_text())["training"]
     settings = training["settings"]
     assert settings["augment"]["flip"] is True and settings["crop"] == 1.0 and settings["defect_size"] == "image"
@@ -478,8 +480,8 @@ def test_draem_training_within_its_time_budget_is_deterministic(tmp_path: Path) 
     """With the default time budget, which this run does not reach, two trainings give identical weights: the
     clock enters the learning-rate schedule only when the budget binds (it did at every step before)."""
     _parts(tmp_path / "data" / "good", 12, seed=13)
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=3, batch_size=4, device="cpu",
-                             val_fraction=0.25)
+    settings = TrainSettings(family="draem", height=SIZE, width=SIZE, hparams=HP, epochs=3,
+                             batch_size=4, device="cpu", val_fraction=0.25)
     a = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "a").artifact.meta
     b = fit(load_split(tmp_path / "data", settings), settings, tmp_path / "b").artifact.meta
     assert a.training["clocked_schedule"] is False and a.training["deterministic"] is True

@@ -91,7 +91,8 @@ def _fine_boards(folder: Path, count: int) -> None:
 def _trained(root: Path, make: object, defect_size: str = "auto") -> Path:
     if not (root / "good").exists():
         make(root / "good", 40)  # type: ignore[operator]
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=30, batch_size=8, device="cpu", lr=3e-3,
+    settings = TrainSettings(family="draem", height=SIZE, width=SIZE, hparams=HP,
+                             epochs=30, batch_size=8, device="cpu", lr=3e-3,
                              val_fraction=0.25, max_minutes=None, precision="fp32", min_steps=240,  # 120 steps
                              defect_size=defect_size)
     fit(load_split(root / "good", settings), settings, root / f"model_{defect_size}")
@@ -148,8 +149,9 @@ def test_defect_size_auto_grows_the_defects_where_the_part_looks_the_same_at_hal
     assert image.weights_sha256 == load_artifact(trained["plates"]).meta.weights_sha256
     assert "defect_size" not in image.training  # as set: nothing asked
     _noisy_plates(tmp_path / "short" / "good", 12)
-    settings = TrainSettings(height=SIZE, width=SIZE, hparams=HP, epochs=2, batch_size=8, device="cpu",
-                             val_fraction=0.25, max_minutes=None)  # 2 steps, before step 500
+    settings = TrainSettings(family="draem", height=SIZE, width=SIZE, hparams=HP, epochs=2,
+                             batch_size=8, device="cpu", val_fraction=0.25,
+                             max_minutes=None)  # 2 steps, before step 500
     meta = fit(load_split(tmp_path / "short" / "good", settings), settings, tmp_path / "short" / "m").artifact.meta
     assert meta.training["defect_size"]["chosen"] == "crop" and meta.training["defect_size"]["at_step"] == 500
     assert "not asked" in _defects_line(meta.training["defect_size"])
@@ -164,8 +166,8 @@ def test_cli_scales_are_recorded_and_bad_ones_refused(tmp_path: Path, capsys: py
     _noisy_plates(good, 8)
     hp = [arg for kv in HP.items() for arg in ("--hparam", f"{kv[0]}={kv[1]}")]
     model = tmp_path / "m"
-    assert main(["train", "--data", str(good), "--out", str(model), "--size", "32", "--epochs", "1", "--batch-size",
-                 "4", "--device", "cpu", "--quiet", "--scales", "1,0.5", *hp]) == 0
+    assert main(["train", "--data", str(good), "--out", str(model), "--family", "draem", "--size", "32",
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--quiet", "--scales", "1,0.5", *hp]) == 0
     meta = json.loads((model / "model.json").read_text())
     assert meta["hparams"]["scales"] == [1.0, 0.5] and "scales" not in meta["training"]
     assert meta["training"]["settings"]["scales"] == [1.0, 0.5]
