@@ -27,7 +27,7 @@ from torch import nn
 from . import calibrate
 from .artifact import Artifact, save_artifact
 from .backbone import load_pretrained
-from .choose import choose, separation
+from .choose import PROBE_IMAGES, choose, separation
 from .dataset import ImageSet, load_folder, training_folder
 from .device import fast_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
@@ -436,7 +436,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     best = fitted[chosen]
     best.meta["training"]["family_choice"] = {
         "chosen": chosen, "separation": asked, "preferred": AUTO_PREFERRED, "margin": AUTO_MARGIN,
-        "seconds": seconds, "held_out": int(len(split.val_idx)),
+        "seconds": seconds, "asked": min(int(len(split.val_idx)), PROBE_IMAGES),
     }
     best.meta["training"]["seconds"] = round(time.monotonic() - budget_started, 2)
     return best

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inspector.artifact import load_artifact
-from inspector.choose import PROBE_SEEDS, PROBE_SIZES, choose, defective_copies, separation
+from inspector.choose import PROBE_IMAGES, PROBE_SEEDS, PROBE_SIZES, choose, defective_copies, separation
 from inspector.cli import main
 from inspector.inference import score_artifact
 from inspector.train import AUTO_FAMILIES, AUTO_MARGIN, AUTO_PREFERRED, TrainSettings
@@ -58,6 +58,10 @@ def test_separation_is_chance_for_a_blind_score_and_one_for_a_score_that_knows_t
     assert set(separation(nearest, good.astype(np.uint8)).values()) == {1.0}
     assert set(separation(lambda images: -nearest(images), good.astype(np.uint8)).values()) == {0.0}
     assert len(PROBE_SEEDS) == 3
+    many = np.concatenate([good] * 10).astype(np.uint8)  # more than PROBE_IMAGES: an evenly spread subset is asked
+    counted: list[int] = []
+    separation(lambda images: counted.append(len(images)) or np.zeros(len(images)), many)
+    assert len(many) > PROBE_IMAGES and set(counted) == {PROBE_IMAGES}
 
 
 def _parts_array(count: int) -> np.ndarray:
