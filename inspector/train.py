@@ -416,7 +416,8 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     copies with synthetic defects (`inspector.choose`), and keep the one `choose.choose` picks. patchcore goes
     first (no gradient steps, a minute or two); draem trains in what is left of the time budget, less the time
     its own question will take (about what patchcore's took, which runs the slower network)."""
-    budget_started = time.monotonic() if budget_started is None else budget_started
+    auto_started = time.monotonic()
+    budget_started = auto_started if budget_started is None else budget_started
     held_out = split.data.images[split.val_idx]
     fitted: dict[str, _Fitted] = {}
     asked: dict[str, dict[str, float]] = {}
@@ -429,7 +430,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
         started = time.monotonic()
         fitted[family] = _fit_one(split, one, out, progress, budget_started)
         asking = time.monotonic()
-        asked[family] = separation(_scorer(fitted[family], one, split), held_out)
+        asked[family] = separation(_scorer(fitted[family], one), held_out)
         question = time.monotonic() - asking
         seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
     chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
@@ -438,11 +439,11 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
         "chosen": chosen, "separation": asked, "preferred": AUTO_PREFERRED, "margin": AUTO_MARGIN,
         "seconds": seconds, "asked": min(int(len(split.val_idx)), PROBE_IMAGES),
     }
-    best.meta["training"]["seconds"] = round(time.monotonic() - budget_started, 2)
+    best.meta["training"]["seconds"] = round(time.monotonic() - auto_started, 2)  # both fittings and questions
     return best
 
 
-def _scorer(fitted: _Fitted, settings: TrainSettings, split: Split) -> Callable[[np.ndarray], np.ndarray]:
+def _scorer(fitted: _Fitted, settings: TrainSettings) -> Callable[[np.ndarray], np.ndarray]:
     """The fitted model's scores of uint8 images, in the daemon's arithmetic, as calibration computed them."""
     device = resolve_device(settings.device)
     reduce = make_reduction(reduction_for(settings), settings.reduction_params)
