@@ -58,7 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="model family: auto (default: patchcore or draem, chosen from the good images), draem, "
                         "patchcore, conv-ae or dense-ae")
     p.add_argument("--size", default="256", metavar="N|WxH",
-                   help="model input size: N for NxN or WIDTHxHEIGHT (default 256; conv-ae needs multiples of 16)")
+                   help="model input size: N for NxN or WIDTHxHEIGHT (default 256; auto and patchcore need "
+                        "multiples of 32, draem and conv-ae of 16)")
     p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
                    help="1 gray, 3 colour, auto: 1 when every image is gray (default auto)")
     p.add_argument("--epochs", default="auto", metavar="N|auto",
