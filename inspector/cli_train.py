@@ -360,6 +360,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .artifact import META_FILE, WEIGHTS_FILE
     from .model import BANK_FAMILIES
     from .train import (
+        AUTO,
+        AUTO_FAMILIES,
         DEFAULT_EPOCHS,
         Augment,
         TrainSettings,
@@ -433,6 +435,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if settings.epochs == "auto" and epochs > DEFAULT_EPOCHS and settings.family not in BANK_FAMILIES:
         _note(f"--epochs auto: {len(split.train_idx)} training images make {steps} step(s) per epoch, so {epochs} "
               f"epochs, for at least {settings.min_steps} steps (--epochs N to set them)")
+    if settings.family == AUTO:
+        _note(f"--family auto: fits {' then '.join(AUTO_FAMILIES)} inside the time budget and keeps the one that "
+              "better tells the held-out good images from copies with synthetic defects (--family NAME for one)")
     result = fit(split, settings, out, progress=not args.quiet, budget_started=reading)
 
     meta = result.artifact.meta

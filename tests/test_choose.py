@@ -81,7 +81,9 @@ def test_train_by_default_fits_both_families_and_keeps_the_one_it_chose(
     common = ["train", "--data", str(tmp_path / "data"), "--size", str(SIZE), "--epochs", "2", "--batch-size", "4",
               "--device", "cpu", "--quiet"]
     assert main([*common, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "--family auto: fits patchcore then draem inside the time budget" in captured.err
     meta = json.loads((out / "model.json").read_text())
     choice = meta["training"]["family_choice"]
     assert set(choice["separation"]) == set(AUTO_FAMILIES)
