@@ -430,7 +430,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
         started = time.monotonic()
         fitted[family] = _fit_one(split, one, out, progress, budget_started)
         asking = time.monotonic()
-        asked[family] = separation(_scorer(fitted[family], one), held_out)
+        asked[family] = separation(_scorer(fitted[family].model, one, fitted[family].dtype), held_out)
         question = time.monotonic() - asking
         seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
     chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
@@ -443,13 +443,13 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     return best
 
 
-def _scorer(fitted: _Fitted, settings: TrainSettings) -> Callable[[np.ndarray], np.ndarray]:
-    """The fitted model's scores of uint8 images, in the daemon's arithmetic, as calibration computed them."""
+def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's scores of uint8 images with the settings' reduction, in `dtype` (the daemon's arithmetic)."""
     device = resolve_device(settings.device)
     reduce = make_reduction(reduction_for(settings), settings.reduction_params)
     output = output_kind(settings.family)
-    return lambda images: run(fitted.model, images, {"score": reduce}, device, settings.batch_size, output=output,
-                              dtype=fitted.dtype).scores["score"]
+    return lambda images: run(model, images, {"score": reduce}, device, settings.batch_size, output=output,
+                              dtype=dtype).scores["score"]
 
 
 def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
@@ -488,8 +488,6 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
     model = trained.model
     train_seconds = time.monotonic() - started
     reduction = reduction_for(settings)
-    reduce = make_reduction(reduction, settings.reduction_params)
-    output = output_kind(settings.family)
     scales_chosen = None
     if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
         if settings.scales == "auto":
@@ -499,14 +497,11 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         cast(Any, model).scales = scales  # a Draem (it has map_at)
         hparams = {**hparams, "scales": scales}
 
-    def scores(idx: np.ndarray) -> np.ndarray:  # the chosen model's scores of some of the images
-        return run(model, images[idx], {"score": reduce}, device, settings.batch_size, output=output,
-                   dtype=dtype).scores["score"]
-
-    val_scores = scores(split.val_idx)
+    score = _scorer(model, settings, dtype)
+    val_scores = score(images[split.val_idx])
     # a bank holds the trained-on images' own patches, so they score low: the held-out images alone set it
     joins = settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES
-    seen = scores(split.train_idx) if joins else np.zeros(0)
+    seen = score(images[split.train_idx]) if joins else np.zeros(0)
     threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
     threshold.details["arithmetic"] = precision_name(dtype)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
