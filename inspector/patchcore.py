@@ -66,10 +66,17 @@ class PatchCore(nn.Module):
         """Each patch's distance to its nearest bank vector (B, 1, grid_h, grid_w), float32."""
         f = self.features(x).float()
         b, d, h, w = f.shape
-        p = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        p = f.permute(0, 2, 3, 1).reshape(b * h * w, d)
         bank = self.bank.float()
-        d2 = (p * p).sum(-1, keepdim=True) - 2.0 * p @ bank.t() + (bank * bank).sum(-1)
-        return d2.min(dim=-1).values.clamp_min(0.0).sqrt().reshape(b, 1, h, w)
+        # |p - v|^2 = |p|^2 + (|v|^2 - 2 p.v): the bracket in one product over the bank (its minimum does not
+        # depend on |p|^2), so that no further pass runs over the (patches x bank) table, whose passes cost as
+        # much as the product (docs/quality.md, row 106)
+        if self.bank.dtype == torch.bfloat16:  # a CPU with fast bf16: the product in it, the rest in float32
+            near = (p.to(torch.bfloat16) @ self.bank.t()).float().mul_(-2.0).add_((bank * bank).sum(-1))
+        else:
+            near = torch.addmm((bank * bank).sum(-1), p, bank.t(), alpha=-2.0)
+        d2 = (p * p).sum(-1) + near.min(dim=-1).values
+        return d2.clamp_min(0.0).sqrt().reshape(b, 1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
         d = F.interpolate(self.distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
