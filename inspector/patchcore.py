@@ -83,6 +83,15 @@ class PatchCore(nn.Module):
         return d / (d + self.scale.float())
 
 
+def footprint_percent(height: int, width: int, layers: Sequence[int] | str | int = (10, 14), pool: int = 3) -> float:
+    """The share (%) of a frame that one patch vector describes: `pool` x `pool` cells of the finest tap's grid.
+    patchcore's default score is the mean of its map's top this-share (`map_topk`): one defect's response
+    spreads over about that area, so the mean over it reads the whole response, not its single loudest pixel
+    (docs/quality.md, row 107)."""
+    step = block_stride(_taps(layers)[0])
+    return 100.0 * pool * pool / ((height // step) * (width // step))
+
+
 def _taps(layers: Sequence[int] | str | int) -> list[int]:
     """Block numbers from a list, one number, or text such as "10,14" (as `--hparam layers=10,14` gives)."""
     if isinstance(layers, int):

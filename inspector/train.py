@@ -32,7 +32,7 @@ from .dataset import ImageSet, load_folder, training_folder
 from .device import fast_bf16, precision_name, resolve_device, resolve_dtype
 from .inference import run, to_tensor
 from .model import ANOMALY_MAP, BANK_FAMILIES, build_model, check_scales, output_kind
-from .patchcore import build_bank
+from .patchcore import build_bank, footprint_percent
 from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
@@ -46,7 +46,7 @@ AUTO_MARGIN = 0.05  # ... this much mean AUROC (docs/quality.md, row 105)
 DEFAULT_FAMILY = AUTO  # docs/quality.md
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
 DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
-                                      "patchcore": "map_max"}
+                                      "patchcore": "map_topk"}  # patchcore's over one patch's footprint (score_for)
 DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
@@ -100,7 +100,7 @@ class TrainSettings(BaseModel):
     max_minutes: float | None = Field(DEFAULT_MAX_MINUTES, gt=0, description="Stop training after this long "
                                       "(best checkpoint kept), counted from fit's budget_started; None: no limit.")
     reduction: str | None = Field(None, description="Score reduction (inspector.scoring.REDUCTIONS); None: the "
-                                                    "family's default.")
+                                                    "family's default (with its parameters, `score_for`).")
     reduction_params: dict[str, float] = Field(default_factory=dict, description="Parameters of the reduction.")
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
     threshold_from: Literal["auto", "held-out"] = Field(
@@ -174,9 +174,14 @@ def epochs_for(settings: TrainSettings, steps_per_epoch: int) -> int:
     return max(DEFAULT_EPOCHS, math.ceil(settings.min_steps / max(steps_per_epoch, 1)))
 
 
-def reduction_for(settings: TrainSettings) -> str:
-    """The settings' score reduction, or the family's default."""
-    return settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
+def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
+    """The settings' score reduction and its parameters, or the family's default: for patchcore the mean of the
+    map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 107)."""
+    name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
+    if settings.reduction or settings.reduction_params or settings.family != "patchcore":
+        return name, settings.reduction_params
+    h = hparams_for(settings)
+    return name, {"top_percent": footprint_percent(settings.height, settings.width, h["layers"], h["pool"])}
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -202,8 +207,8 @@ def check_settings(settings: TrainSettings) -> None:
         if not hasattr(model, "map_at"):
             raise ValueError(f"scales apply to family draem, not {settings.family!r}")
         check_scales(settings.scales)
-    reduction = reduction_for(settings)
-    make_reduction(reduction, settings.reduction_params)
+    reduction, params = score_for(settings)
+    make_reduction(reduction, params)
     if reduction_output(reduction) != output_kind(settings.family):
         raise ValueError(f"score reduction {reduction!r} reads a {reduction_output(reduction).replace('_', ' ')}, "
                          f"but family {settings.family!r} outputs a {output_kind(settings.family).replace('_', ' ')}")
@@ -446,7 +451,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
 def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
     """The model's scores of uint8 images with the settings' reduction, in `dtype` (the daemon's arithmetic)."""
     device = resolve_device(settings.device)
-    reduce = make_reduction(reduction_for(settings), settings.reduction_params)
+    reduce = make_reduction(*score_for(settings))
     output = output_kind(settings.family)
     return lambda images: run(model, images, {"score": reduce}, device, settings.batch_size, output=output,
                               dtype=dtype).scores["score"]
@@ -487,7 +492,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         trained.size_chosen = asked
     model = trained.model
     train_seconds = time.monotonic() - started
-    reduction = reduction_for(settings)
+    reduction = score_for(settings)
     scales_chosen = None
     if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
         if settings.scales == "auto":
@@ -626,8 +631,8 @@ def _fill_bank(split: Split, settings: TrainSettings, hparams: dict[str, Any], d
     return _Trained(model, False, 1, 1.0, False, 1, 0.0, "bank", history)
 
 
-def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: str, threshold: Any,
-          stats: Any, out: Path, device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
+def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: tuple[str, dict[str, float]],
+          threshold: Any, stats: Any, out: Path, device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
     data = split.data
     return {
         "name": Path(out).resolve().name,
@@ -637,7 +642,7 @@ def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduct
         "hparams": hparams,
         "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
                   "scale": 255.0, "resize": "area", "fit": data.fit, "contrast": data.contrast},
-        "score": {"reduction": reduction, "params": settings.reduction_params},
+        "score": {"reduction": reduction[0], "params": reduction[1]},
         "threshold": threshold,
         "calibration": stats,
         "data": {

@@ -16,7 +16,7 @@ from inspector.cli import main
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, build_model
 from inspector.patchcore import coreset
-from inspector.train import TrainSettings, fit, load_split
+from inspector.train import TrainSettings, fit, load_split, score_for
 from inspector.worker import trace
 from tests.test_draem import SIZE, _paint_defects, _parts
 
@@ -36,7 +36,8 @@ def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_mo
     """No gradient step: the bank of good patches alone scores generated defective parts above good ones, and the
     threshold set on the good images rejects most of them."""
     art = load_artifact(patchcore_model)
-    assert art.meta.family == "patchcore" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
+    assert art.meta.family == "patchcore" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_topk"
+    assert art.meta.score.params == {"top_percent": 100.0 * 9 / 16}  # 3x3 cells of the 4x4 grid: one patch's share
     assert art.meta.hparams["bank"] == 200 and art.meta.training["stopped_by"] == "bank"
     assert art.meta.training["history"][0]["patches"] == 36 * 16  # 36 training parts, a 4x4 grid each at 64 px
     good = _parts(tmp_path / "good", 16, seed=1)
@@ -95,6 +96,17 @@ def test_distances_are_those_to_the_nearest_bank_vector() -> None:
         half.features = lambda _: f  # type: ignore[method-assign]  # the same features: the product's rounding alone
         ref = torch.cdist(patches, half.bank.float()[None].expand(3, -1, -1)).min(-1).values.reshape(3, 1, *model.grid)
         torch.testing.assert_close(half.distances(x), ref, rtol=5e-3, atol=1e-3)
+
+
+def test_patchcore_scores_the_mean_over_one_patchs_footprint_unless_told_otherwise() -> None:
+    """The default score is the mean of the map's top share that one patch vector describes (3x3 cells of the 16x16
+    grid at 256x256: 2,304 of 65,536 pixels); a reduction or parameters given are kept; other families unchanged."""
+    at = {"family": "patchcore", "height": 256, "width": 256}
+    assert score_for(TrainSettings(**at)) == ("map_topk", {"top_percent": 3.515625})
+    assert score_for(TrainSettings(**at, hparams={"pool": 5})) == ("map_topk", {"top_percent": 100.0 * 25 / 256})
+    assert score_for(TrainSettings(**at, reduction="map_max")) == ("map_max", {})
+    assert score_for(TrainSettings(**at, reduction_params={"top_percent": 1.0})) == ("map_topk", {"top_percent": 1.0})
+    assert score_for(TrainSettings(family="draem")) == ("map_max", {})
 
 
 def test_coreset_takes_the_farthest_vectors_first() -> None:
