@@ -462,7 +462,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  scales    {_scales_line(meta.hparams['scales'], meta.training.get('scales'))}")
     cal = meta.calibration
     assert cal is not None  # train always calibrates
-    print(f"  score     {meta.score.reduction}; good scores mean {cal.mean:.4g}, max {cal.max:.4g}")
+    params = ", ".join(f"{k} {v:g}" for k, v in meta.score.params.items())
+    print(f"  score     {meta.score.reduction}{f' ({params})' if params else ''}; good scores mean {cal.mean:.4g}, "
+          f"max {cal.max:.4g}")
     print(f"  threshold {th.value:.6g} ({th.method} on {th.details.get('calibrated_on', 'the good images')}, "
           f"target false-reject {args.target_false_reject:g})")
     if "note" in th.details:

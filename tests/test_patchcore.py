@@ -70,6 +70,7 @@ def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsy
     assert main([*common, "--out", str(out), "--hparam", "bank=50", "--hparam", "layers=7,10"]) == 0
     printed = capsys.readouterr().out
     assert "a bank of 50 good patches" in printed and "epoch" not in printed, printed
+    assert "score     map_topk (top_percent 56.25);" in printed, printed  # one patch: 3x3 cells of the 4x4 grid
     meta = load_artifact(out).meta
     assert meta.hparams["layers"] == "7,10" and meta.hparams["bank"] == 50
     assert meta.threshold.details["calibrated_on"] == "2 held-out training images"
