@@ -70,7 +70,7 @@ class PatchCore(nn.Module):
         bank = self.bank.float()
         # |p - v|^2 = |p|^2 + (|v|^2 - 2 p.v): the bracket in one product over the bank (its minimum does not
         # depend on |p|^2), so that no further pass runs over the (patches x bank) table, whose passes cost as
-        # much as the product (docs/quality.md, row 106)
+        # much as the product (docs/quality.md, row 107)
         if self.bank.dtype == torch.bfloat16:  # a CPU with fast bf16: the product in it, the rest in float32
             near = (p.to(torch.bfloat16) @ self.bank.t()).float().mul_(-2.0).add_((bank * bank).sum(-1))
         else:
@@ -87,7 +87,7 @@ def footprint_percent(height: int, width: int, layers: Sequence[int] | str | int
     """The share (%) of a frame that one patch vector describes: `pool` x `pool` cells of the finest tap's grid.
     patchcore's default score is the mean of its map's top this-share (`map_topk`): one defect's response
     spreads over about that area, so the mean over it reads the whole response, not its single loudest pixel
-    (docs/quality.md, row 107)."""
+    (docs/quality.md, row 108)."""
     step = block_stride(_taps(layers)[0])
     return 100.0 * pool * pool / ((height // step) * (width // step))
 

@@ -47,7 +47,6 @@ DEFAULT_FAMILY = AUTO  # docs/quality.md
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
 DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
                                       "patchcore": "map_topk"}  # patchcore's over one patch's footprint (score_for)
-DEFAULT_REDUCTION_PARAMS: dict[str, float] = {}
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
@@ -176,7 +175,7 @@ def epochs_for(settings: TrainSettings, steps_per_epoch: int) -> int:
 
 def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     """The settings' score reduction and its parameters, or the family's default: for patchcore the mean of the
-    map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 107)."""
+    map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108)."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
     if settings.reduction or settings.reduction_params or settings.family != "patchcore":
         return name, settings.reduction_params
@@ -492,7 +491,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         trained.size_chosen = asked
     model = trained.model
     train_seconds = time.monotonic() - started
-    reduction = score_for(settings)
+    scoring = score_for(settings)
     scales_chosen = None
     if hasattr(model, "map_at"):  # draem: its views of the frame, from the held-out good images or as set
         if settings.scales == "auto":
@@ -510,7 +509,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
     threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
     threshold.details["arithmetic"] = precision_name(dtype)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
-    meta = _meta(split, settings, hparams, reduction, threshold, calibrate.good_stats(calibrated), out, device, {
+    meta = _meta(split, settings, hparams, scoring, threshold, calibrate.good_stats(calibrated), out, device, {
         "precision": "bf16" if trained.mixed else "fp32", "seconds": round(train_seconds, 2),
         "epochs": trained.epochs, "epochs_run": round(trained.epochs_run, 3), "clocked_schedule": trained.clocked,
         "best_epoch": trained.best_epoch, "best_val_loss": trained.best_loss, "stopped_by": trained.stopped,
@@ -631,7 +630,7 @@ def _fill_bank(split: Split, settings: TrainSettings, hparams: dict[str, Any], d
     return _Trained(model, False, 1, 1.0, False, 1, 0.0, "bank", history)
 
 
-def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduction: tuple[str, dict[str, float]],
+def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], scoring: tuple[str, dict[str, float]],
           threshold: Any, stats: Any, out: Path, device: torch.device, outcome: dict[str, Any]) -> dict[str, Any]:
     data = split.data
     return {
@@ -642,7 +641,7 @@ def _meta(split: Split, settings: TrainSettings, hparams: dict[str, Any], reduct
         "hparams": hparams,
         "input": {"height": settings.height, "width": settings.width, "channels": data.channels,
                   "scale": 255.0, "resize": "area", "fit": data.fit, "contrast": data.contrast},
-        "score": {"reduction": reduction[0], "params": reduction[1]},
+        "score": {"reduction": scoring[0], "params": scoring[1]},
         "threshold": threshold,
         "calibration": stats,
         "data": {
