@@ -395,7 +395,7 @@ class _Fitted:
     meta: dict[str, Any]
     trained: _Trained
     val_scores: np.ndarray
-    dtype: torch.dtype
+    score: Callable[[np.ndarray], np.ndarray]  # its scores of uint8 images, as calibration computed them (`_scorer`)
 
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
@@ -434,7 +434,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
         started = time.monotonic()
         fitted[family] = _fit_one(split, one, out, progress, budget_started)
         asking = time.monotonic()
-        asked[family] = separation(_scorer(fitted[family].model, one, fitted[family].dtype), held_out)
+        asked[family] = separation(fitted[family].score, held_out)
         question = time.monotonic() - asking
         seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
     chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
@@ -516,7 +516,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         "history": trained.history, **({"scales": scales_chosen} if scales_chosen else {}),
         **({"defect_size": size_chosen} if size_chosen else {}),
     })
-    return _Fitted(model, meta, trained, val_scores, dtype)
+    return _Fitted(model, meta, trained, val_scores, score)
 
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,
