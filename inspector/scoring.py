@@ -73,6 +73,17 @@ def map_topk(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.1) -> to
     return m.topk(k, dim=1).values.mean(dim=1)
 
 
+def map_topk_or_mean(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.1, mean_gain: float = 0.0,
+                     mean_shift: float = 0.0) -> torch.Tensor:
+    """The larger of two readings of the anomaly map per image, (B,): the mean of its top `top_percent` % (one
+    defect's footprint) and the mean of the whole map (a large faint region), the latter brought to the former's
+    scale as `mean * mean_gain + mean_shift` (`inspector.train.mean_scale` fits both on good images). With the
+    defaults, `map_topk`."""
+    m = anomaly_map(x, out).flatten(1)  # (B, H*W)
+    k = max(1, math.ceil(m.shape[1] * top_percent / 100.0))
+    return torch.maximum(m.topk(k, dim=1).values.mean(dim=1), m.mean(dim=1) * mean_gain + mean_shift)
+
+
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -98,8 +109,10 @@ REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "topk_mean": topk_mean,
     "map_max": map_max,
     "map_topk": map_topk,
+    "map_topk_or_mean": map_topk_or_mean,
 }
-MAP_REDUCTIONS = frozenset({"map_max", "map_topk"})  # read an anomaly map; the others a reconstruction
+# these read an anomaly map; the others a reconstruction
+MAP_REDUCTIONS = frozenset({"map_max", "map_topk", "map_topk_or_mean"})
 
 
 def reduction_output(name: str) -> str:

@@ -46,7 +46,7 @@ AUTO_MARGIN = 0.05  # ... this much mean AUROC (docs/quality.md, row 105)
 DEFAULT_FAMILY = AUTO  # docs/quality.md
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
 DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
-                                      "patchcore": "map_topk"}  # patchcore's over one patch's footprint (score_for)
+                                      "patchcore": "map_topk_or_mean"}  # over one patch's footprint, or the whole map
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
@@ -57,6 +57,7 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
 DEFAULT_EPOCHS = 40  # epochs "auto" runs these where they make MIN_STEPS (from 1,200 training images at batch 16)
+MIN_SCALE_IMAGES = 10  # map_topk_or_mean's scale needs the spreads of at least this many held-out good images
 MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
 MIN_BUDGET_SHARE = 0.25  # the least of the time budget that training gets after a slow reading of the images
 SIZE_CHECK_SHARE = 6  # defect_size auto asks the good images after min_steps / this many steps (500 by default)
@@ -175,7 +176,9 @@ def epochs_for(settings: TrainSettings, steps_per_epoch: int) -> int:
 
 def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     """The settings' score reduction and its parameters, or the family's default: for patchcore the mean of the
-    map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108)."""
+    map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108), or
+    the whole map's mean where that is louder on the good images' scale (`map_topk_or_mean`, row 113; its scale
+    is fitted once the model is, `fit_scoring`)."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
     if settings.reduction or settings.reduction_params or settings.family != "patchcore":
         return name, settings.reduction_params
@@ -447,13 +450,43 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     return best
 
 
-def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's scores of uint8 images with the settings' reduction, in `dtype` (the daemon's arithmetic)."""
+def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype,
+            scoring: tuple[str, dict[str, float]]) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's scores of uint8 images with a reduction and its parameters, in `dtype` (the daemon's
+    arithmetic)."""
     device = resolve_device(settings.device)
-    reduce = make_reduction(*score_for(settings))
+    reduce = make_reduction(*scoring)
     output = output_kind(settings.family)
     return lambda images: run(model, images, {"score": reduce}, device, settings.batch_size, output=output,
                               dtype=dtype).scores["score"]
+
+
+def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, good: np.ndarray,
+                scoring: tuple[str, dict[str, float]]) -> tuple[str, dict[str, float]]:
+    """The reduction with what it learns from good images (uint8) added: `map_topk_or_mean`'s scale of the whole
+    map's mean (`mean_scale`), unless given; any other reduction as it is."""
+    name, params = scoring
+    if name != "map_topk_or_mean" or "mean_gain" in params or "mean_shift" in params:
+        return scoring
+    top = params.get("top_percent", 0.1)
+    readings = run(model, good, {"top": make_reduction("map_topk", {"top_percent": top}),
+                                 "mean": make_reduction("map_topk", {"top_percent": 100.0})},
+                   resolve_device(settings.device), settings.batch_size, output=output_kind(settings.family),
+                   dtype=dtype).scores
+    return name, {**params, **mean_scale(readings["top"], readings["mean"])}
+
+
+def mean_scale(top: np.ndarray, mean: np.ndarray) -> dict[str, float]:
+    """`map_topk_or_mean`'s mean_gain and mean_shift from good images' two readings (their top-share means and
+    whole-map means): the whole-map mean standardised on them, then given the top-share mean's centre and spread,
+    so that each reading counts in the spread of its own good images (docs/quality.md, row 113). Fewer than
+    MIN_SCALE_IMAGES images give no gain: two spreads from so few would be guesses."""
+    top, mean = np.asarray(top, np.float64), np.asarray(mean, np.float64)
+    spread = float(mean.std())
+    if len(top) < MIN_SCALE_IMAGES or spread <= 1e-12 * max(1.0, abs(float(mean.mean()))):
+        return {"mean_gain": 0.0, "mean_shift": 0.0}  # too few to scale by, or nothing: the top share alone
+    gain = float(top.std()) / spread
+    return {"mean_gain": gain, "mean_shift": float(top.mean()) - gain * float(mean.mean())}
 
 
 def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
@@ -501,7 +534,8 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         cast(Any, model).scales = scales  # a Draem (it has map_at)
         hparams = {**hparams, "scales": scales}
 
-    score = _scorer(model, settings, dtype)
+    scoring = fit_scoring(model, settings, dtype, images[split.val_idx], scoring)
+    score = _scorer(model, settings, dtype, scoring)
     val_scores = score(images[split.val_idx])
     # a bank holds the trained-on images' own patches, so they score low: the held-out images alone set it
     joins = settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES

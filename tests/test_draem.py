@@ -20,7 +20,7 @@ from inspector.device import fast_bf16
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, RECONSTRUCTION, Draem, build_model, output_kind
 from inspector.repair import crop_size, focal_loss, random_crops
-from inspector.scoring import heat_map, make_reduction, map_max, map_topk, reduction_output
+from inspector.scoring import heat_map, make_reduction, map_max, map_topk, map_topk_or_mean, reduction_output
 from inspector.synth import PartRenderer
 from inspector.train import TrainSettings, check_settings, fit, load_split
 
@@ -263,6 +263,23 @@ def test_map_reductions_read_the_map_and_ignore_the_input() -> None:
     assert torch.equal(heat_map(x, out, ANOMALY_MAP), out[:, 0])
     assert reduction_output("map_max") == ANOMALY_MAP and reduction_output("topk_mean") == RECONSTRUCTION
     make_reduction("map_topk", {"top_percent": 1.0})
+
+
+def test_map_topk_or_mean_takes_the_louder_of_a_hot_spot_and_a_faint_region() -> None:
+    """map_topk_or_mean is map_topk by default; with a scale for the whole map's mean, a large faint region (a
+    mean above the good images') outscores what its top share alone reads, and a hot spot still scores by its
+    top share."""
+    out = torch.full((3, 1, 16, 16), 0.2)
+    out[1, 0, 2:4, 2:4] = 0.9  # a hot spot: 4 pixels
+    out[2] = 0.35  # a faint region over the whole part
+    x = torch.rand(3, 1, 16, 16)
+    assert torch.equal(map_topk_or_mean(x, out, top_percent=2.0), map_topk(x, out, top_percent=2.0))
+    scale = {"mean_gain": 4.0, "mean_shift": -0.6}  # the good images' mean 0.2 goes to their top share's 0.2
+    both = make_reduction("map_topk_or_mean", {"top_percent": 2.0, **scale})(x, out)
+    top = map_topk(x, out, top_percent=2.0)
+    assert both[0] == pytest.approx(0.2) and both[1] == pytest.approx(float(top[1]))  # good; the spot by its top
+    assert both[2] == pytest.approx(0.35 * 4.0 - 0.6) and both[2] > top[2]  # the region by its scaled mean
+    assert reduction_output("map_topk_or_mean") == ANOMALY_MAP
 
 
 def test_crops_and_focal_loss() -> None:

@@ -16,7 +16,7 @@ from inspector.cli import main
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, build_model
 from inspector.patchcore import coreset
-from inspector.train import TrainSettings, fit, load_split, score_for
+from inspector.train import TrainSettings, fit, load_split, mean_scale, score_for
 from inspector.worker import trace
 from tests.test_draem import SIZE, _paint_defects, _parts
 
@@ -36,8 +36,11 @@ def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_mo
     """No gradient step: the bank of good patches alone scores generated defective parts above good ones, and the
     threshold set on the good images rejects most of them."""
     art = load_artifact(patchcore_model)
-    assert art.meta.family == "patchcore" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_topk"
-    assert art.meta.score.params == {"top_percent": 100.0 * 9 / 16}  # 3x3 cells of the 4x4 grid: one patch's share
+    assert art.meta.family == "patchcore" and art.meta.output == ANOMALY_MAP
+    assert art.meta.score.reduction == "map_topk_or_mean"
+    params = art.meta.score.params
+    assert params["top_percent"] == 100.0 * 9 / 16  # 3x3 cells of the 4x4 grid: one patch's share
+    assert params["mean_gain"] > 0.0, params  # the whole map's mean, brought to that scale on the held-out images
     assert art.meta.hparams["bank"] == 200 and art.meta.training["stopped_by"] == "bank"
     assert art.meta.training["history"][0]["patches"] == 36 * 16  # 36 training parts, a 4x4 grid each at 64 px
     good = _parts(tmp_path / "good", 16, seed=1)
@@ -70,7 +73,8 @@ def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsy
     assert main([*common, "--out", str(out), "--hparam", "bank=50", "--hparam", "layers=7,10"]) == 0
     printed = capsys.readouterr().out
     assert "a bank of 50 good patches" in printed and "epoch" not in printed, printed
-    assert "score     map_topk (top_percent 56.25);" in printed, printed  # one patch: 3x3 cells of the 4x4 grid
+    # one patch: 3x3 cells of the 4x4 grid; 2 held-out images are too few to scale the whole map's mean by
+    assert "score     map_topk_or_mean (top_percent 56.25, mean_gain 0, mean_shift 0);" in printed, printed
     meta = load_artifact(out).meta
     assert meta.hparams["layers"] == "7,10" and meta.hparams["bank"] == 50
     assert meta.threshold.details["calibrated_on"] == "2 held-out training images"
@@ -100,14 +104,30 @@ def test_distances_are_those_to_the_nearest_bank_vector() -> None:
 
 
 def test_patchcore_scores_the_mean_over_one_patchs_footprint_unless_told_otherwise() -> None:
-    """The default score is the mean of the map's top share that one patch vector describes (3x3 cells of the 16x16
-    grid at 256x256: 2,304 of 65,536 pixels); a reduction or parameters given are kept; other families unchanged."""
+    """The default score reads the mean of the map's top share that one patch vector describes (3x3 cells of the
+    16x16 grid at 256x256: 2,304 of 65,536 pixels), or the whole map's mean (`map_topk_or_mean`); a reduction or
+    parameters given are kept; other families unchanged."""
     at = {"family": "patchcore", "height": 256, "width": 256}
-    assert score_for(TrainSettings(**at)) == ("map_topk", {"top_percent": 3.515625})
-    assert score_for(TrainSettings(**at, hparams={"pool": 5})) == ("map_topk", {"top_percent": 100.0 * 25 / 256})
+    both = "map_topk_or_mean"
+    assert score_for(TrainSettings(**at)) == (both, {"top_percent": 3.515625})
+    assert score_for(TrainSettings(**at, hparams={"pool": 5})) == (both, {"top_percent": 100.0 * 25 / 256})
     assert score_for(TrainSettings(**at, reduction="map_max")) == ("map_max", {})
-    assert score_for(TrainSettings(**at, reduction_params={"top_percent": 1.0})) == ("map_topk", {"top_percent": 1.0})
+    assert score_for(TrainSettings(**at, reduction_params={"top_percent": 1.0})) == (both, {"top_percent": 1.0})
     assert score_for(TrainSettings(family="draem")) == ("map_max", {})
+
+
+def test_the_whole_maps_mean_is_scaled_to_the_top_shares_spread_on_good_images() -> None:
+    """mean_scale gives the good images' whole-map means the centre and spread of their top-share means, so a
+    reading counts by how far it lies above its own good images; with no spread, or fewer than ten images, to scale
+    by, the top share alone."""
+    rng = np.random.default_rng(0)
+    top, mean = rng.normal(0.5, 0.01, 50), rng.normal(0.2, 0.002, 50)
+    fitted = mean_scale(top, mean)
+    scaled = mean * fitted["mean_gain"] + fitted["mean_shift"]
+    assert scaled.mean() == pytest.approx(top.mean()) and scaled.std() == pytest.approx(top.std())
+    assert mean_scale(top, np.full(50, 0.2)) == {"mean_gain": 0.0, "mean_shift": 0.0}
+    assert mean_scale(top[:9], mean[:9]) == {"mean_gain": 0.0, "mean_shift": 0.0}  # too few for two spreads
+    assert mean_scale(top[:10], mean[:10])["mean_gain"] > 0.0
 
 
 def test_coreset_takes_the_farthest_vectors_first() -> None:
