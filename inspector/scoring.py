@@ -39,11 +39,15 @@ def smoothed_max(x: torch.Tensor, recon: torch.Tensor, sigma: float = 2.0) -> to
     return (rows @ err @ cols.T).flatten(1).amax(dim=1)  # separable blur as two banded matmuls
 
 
+def top_share_mean(values: torch.Tensor, top_percent: float) -> torch.Tensor:
+    """Mean of the top `top_percent` % (at least one) of each row of (B, N): (B,)."""
+    k = max(1, math.ceil(values.shape[1] * top_percent / 100.0))
+    return values.topk(k, dim=1).values.mean(dim=1)
+
+
 def topk_mean(x: torch.Tensor, recon: torch.Tensor, top_percent: float = 1.0) -> torch.Tensor:
     """Mean of the top `top_percent` % of the error map's pixels per image: (B,)."""
-    err = error_map(x, recon).flatten(1)  # (B, H*W)
-    k = max(1, math.ceil(err.shape[1] * top_percent / 100.0))
-    return err.topk(k, dim=1).values.mean(dim=1)
+    return top_share_mean(error_map(x, recon).flatten(1), top_percent)
 
 
 def anomaly_map(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -68,9 +72,7 @@ def map_max(x: torch.Tensor, out: torch.Tensor, sigma: float = 0.0) -> torch.Ten
 
 def map_topk(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.1) -> torch.Tensor:
     """Mean of the top `top_percent` % of the anomaly map's pixels per image: (B,)."""
-    m = anomaly_map(x, out).flatten(1)  # (B, H*W)
-    k = max(1, math.ceil(m.shape[1] * top_percent / 100.0))
-    return m.topk(k, dim=1).values.mean(dim=1)
+    return top_share_mean(anomaly_map(x, out).flatten(1), top_percent)
 
 
 def map_topk_or_mean(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.1, mean_gain: float = 0.0,
@@ -80,8 +82,12 @@ def map_topk_or_mean(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.
     scale as `mean * mean_gain + mean_shift` (`inspector.train.mean_scale` fits both on good images). With the
     defaults, `map_topk`."""
     m = anomaly_map(x, out).flatten(1)  # (B, H*W)
-    k = max(1, math.ceil(m.shape[1] * top_percent / 100.0))
-    return torch.maximum(m.topk(k, dim=1).values.mean(dim=1), m.mean(dim=1) * mean_gain + mean_shift)
+    return torch.maximum(top_share_mean(m, top_percent), m.mean(dim=1) * mean_gain + mean_shift)
+
+
+def map_mean(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Mean of the whole anomaly map per image, (B,): `map_topk_or_mean`'s second reading, before its scale."""
+    return anomaly_map(x, out).flatten(1).mean(dim=1)
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

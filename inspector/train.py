@@ -37,7 +37,7 @@ from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
 from .scales import choose_defect_size, choose_scales, defect_size_unasked, loudness, size_reading_steps
-from .scoring import make_reduction, reduction_output
+from .scoring import make_reduction, map_mean, reduction_output
 
 AUTO = "auto"  # the family: fit each of AUTO_FAMILIES, keep the one the good images choose (inspector.choose)
 AUTO_FAMILIES = ("patchcore", "draem")  # patchcore first: it takes a minute or two, draem the rest of the budget
@@ -469,8 +469,7 @@ def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, g
     if name != "map_topk_or_mean" or "mean_gain" in params or "mean_shift" in params:
         return scoring
     top = params.get("top_percent", 0.1)
-    readings = run(model, good, {"top": make_reduction("map_topk", {"top_percent": top}),
-                                 "mean": make_reduction("map_topk", {"top_percent": 100.0})},
+    readings = run(model, good, {"top": make_reduction("map_topk", {"top_percent": top}), "mean": map_mean},
                    resolve_device(settings.device), settings.batch_size, output=output_kind(settings.family),
                    dtype=dtype).scores
     return name, {**params, **mean_scale(readings["top"], readings["mean"])}
