@@ -50,7 +50,7 @@ DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": 
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
     "dense-ae": {"hidden": 256, "code": 32},
-    "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 1,
+    "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 2,
               "seg_views": 1, "padding": "reflect", "decoder": "conv-resize"},
     "patchcore": {"layers": [10, 14], "pool": 3, "bank": 4000},
 }
@@ -162,8 +162,12 @@ class TrainResult:
 
 
 def hparams_for(settings: TrainSettings) -> dict[str, Any]:
-    """The family defaults overlaid with the settings' hyper-parameters."""
-    return {**DEFAULT_HPARAMS.get(settings.family, {}), **settings.hparams}
+    """The family defaults overlaid with the settings' hyper-parameters. draem's segmenter-only views, when
+    asked for, replace its default whole-model views (the two do not go together)."""
+    defaults = DEFAULT_HPARAMS.get(settings.family, {})
+    if int(settings.hparams.get("seg_views", 1)) > 1 and "views" not in settings.hparams:
+        defaults = {**defaults, "views": 1}
+    return {**defaults, **settings.hparams}
 
 
 def epochs_for(settings: TrainSettings, steps_per_epoch: int) -> int:

@@ -379,7 +379,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     """Trained on good parts only, the default family scores generated defective parts above good ones."""
     art = load_artifact(draem_model)
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
-    assert art.meta.hparams["views"] == 1  # one view: two would halve the frames per second
+    assert art.meta.hparams["views"] == 2  # the frame and its mirror image (quality.md, row 118)
     assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
     assert art.meta.hparams["decoder"] == "conv-resize"  # half the arithmetic (quality.md, row 90)
     assert art.meta.training["precision"] == "fp32"
@@ -400,12 +400,13 @@ def test_draem_heatmaps_are_the_map_and_the_repair_is_shown(draem_model: Path) -
 
 
 def test_views_can_be_set_on_a_trained_model(draem_model: Path, tmp_path: Path) -> None:
-    """hparams.views edited in model.json loads the same weights as a two-view model (docs/training.md)."""
+    """hparams.views edited in model.json loads the same weights as a one-view model (docs/training.md); the
+    default two views are the mean of its map and the flipped-back map of the mirror image."""
     model = Path(shutil.copytree(draem_model, tmp_path / "m"))
     meta = json.loads((model / "model.json").read_text())
-    meta["hparams"]["views"] = 2
+    meta["hparams"]["views"] = 1
     (model / "model.json").write_text(json.dumps(meta))
-    one, two = load_artifact(draem_model).module, load_artifact(model).module
+    one, two = load_artifact(model).module, load_artifact(draem_model).module
     x = torch.rand(2, 1, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(two(x), (one(x) + one(x.flip(3)).flip(3)) / 2, rtol=1e-5, atol=1e-6)

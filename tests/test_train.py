@@ -165,6 +165,17 @@ def test_training_stops_in_time_to_score_the_trained_on_images(tmp_path: Path) -
     assert squeezed.stopped == "time budget" and 1 < squeezed.epochs_run < 2
 
 
+def test_draem_takes_two_views_unless_its_segmenter_views_are_asked_for() -> None:
+    """draem's default is the frame and its mirror image (docs/quality.md, row 118); asking for the segmenter's
+    views alone gives one whole-model view, since the two do not go together; both given are kept as given."""
+    def hp(**given: int) -> dict[str, object]:
+        return hparams_for(TrainSettings(family="draem", hparams=given))
+    assert (hp()["views"], hp()["seg_views"]) == (2, 1)
+    assert (hp(seg_views=2)["views"], hp(seg_views=2)["seg_views"]) == (1, 2)
+    assert hp(views=1)["views"] == 1 and hp(views=4, seg_views=1)["views"] == 4
+    assert (hp(views=2, seg_views=2)["views"], hp(views=2, seg_views=2)["seg_views"]) == (2, 2)  # refused later
+
+
 def test_the_clock_decides_on_the_second_epochs_pace() -> None:
     """Whether the budget binds is judged from the second epoch's pace, not the first's: the first also holds
     the setup and the kernels' warm-up. On magnetic_tile the first epoch took 7.4 s and the second 5.4 s, with
