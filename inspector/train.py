@@ -165,7 +165,8 @@ def hparams_for(settings: TrainSettings) -> dict[str, Any]:
     """The family defaults overlaid with the settings' hyper-parameters. draem's segmenter-only views, when
     asked for, replace its default whole-model views (the two do not go together)."""
     defaults = DEFAULT_HPARAMS.get(settings.family, {})
-    if int(settings.hparams.get("seg_views", 1)) > 1 and "views" not in settings.hparams:
+    seg_views = settings.hparams.get("seg_views", 1)
+    if isinstance(seg_views, int) and seg_views > 1 and "views" not in settings.hparams:
         defaults = {**defaults, "views": 1}
     return {**defaults, **settings.hparams}
 
