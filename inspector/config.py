@@ -202,9 +202,10 @@ class WorkerConfig(Section):
 class ScoringConfig(Section):
     """How an error map becomes a verdict (defaults come from the model artifact)."""
 
-    reduction: Literal["model", "mse", "diff_std", "smoothed_max", "topk_mean", "map_max", "map_topk"] = Field(
-        "model", description="Score reduction; `model` uses the one the model was calibrated with (map_max and "
-        "map_topk read an anomaly-map model such as draem; the others a reconstruction)."
+    reduction: Literal["model", "mse", "diff_std", "smoothed_max", "topk_mean", "map_max", "map_topk",
+                       "map_topk_or_mean"] = Field(
+        "model", description="Score reduction; `model` uses the one the model was calibrated with (the map_* "
+        "reductions read an anomaly-map model such as draem or patchcore; the others a reconstruction)."
     )
     threshold: float | None = Field(
         None, description="Override the model's threshold; required when `reduction` differs from the model's."

@@ -132,3 +132,18 @@ def test_every_config_field_has_a_description() -> None:
     for _, model in SECTIONS:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_scoring_reduction_accepts_every_reduction_a_model_can_record() -> None:
+    """`scoring.reduction` may name any of `inspector.scoring`'s reductions (patchcore records
+    `map_topk_or_mean`), and nothing else besides `model`."""
+    from typing import get_args
+
+    from inspector.config import ScoringConfig
+    from inspector.scoring import REDUCTIONS
+
+    allowed = set(get_args(ScoringConfig.model_fields["reduction"].annotation))
+    assert allowed == {"model", *REDUCTIONS}
+    assert ScoringConfig(reduction="map_topk_or_mean").reduction == "map_topk_or_mean"
+    with pytest.raises(ValidationError):
+        ScoringConfig(reduction="map_mean")
