@@ -74,8 +74,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="stop training M minutes after the images start being read, keeping the best checkpoint "
                         "(default 9; 0: no limit)")
     p.add_argument("--reduction", default=None, metavar="NAME",
-                   help="score reduction: map_max, map_topk or map_topk_or_mean (draem, patchcore); mse, diff_std, "
-                        "smoothed_max or topk_mean (autoencoders) (default: the family's)")
+                   help="score reduction: map_max, map_peaks, map_topk or map_topk_or_mean (draem, patchcore); mse, "
+                        "diff_std, smoothed_max or topk_mean (autoencoders) (default: the family's)")
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyper-parameter, e.g. base_width=16 (repeatable)")
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",

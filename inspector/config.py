@@ -203,7 +203,7 @@ class ScoringConfig(Section):
     """How an error map becomes a verdict (defaults come from the model artifact)."""
 
     reduction: Literal["model", "mse", "diff_std", "smoothed_max", "topk_mean", "map_max", "map_topk",
-                       "map_topk_or_mean"] = Field(
+                       "map_topk_or_mean", "map_peaks"] = Field(
         "model", description="Score reduction; `model` uses the one the model was calibrated with (the map_* "
         "reductions read an anomaly-map model such as draem or patchcore; the others a reconstruction)."
     )

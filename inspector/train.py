@@ -9,6 +9,7 @@ budget (`max_minutes`) makes the number of steps depend on speed, and so breaks 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -37,7 +38,7 @@ from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
 from .scales import choose_defect_size, choose_scales, defect_size_unasked, loudness, size_reading_steps
-from .scoring import make_reduction, map_mean, reduction_output
+from .scoring import make_reduction, map_mean, map_peak_mean, reduction_output
 
 AUTO = "auto"  # the family: fit each of AUTO_FAMILIES, keep the one the good images choose (inspector.choose)
 AUTO_FAMILIES = ("patchcore", "draem")  # patchcore first: it takes a minute or two, draem the rest of the budget
@@ -45,7 +46,7 @@ AUTO_PREFERRED = "patchcore"  # kept unless another candidate separates the synt
 AUTO_MARGIN = 0.05  # ... this much mean AUROC (docs/quality.md, row 105)
 DEFAULT_FAMILY = AUTO  # docs/quality.md
 DEFAULT_REDUCTION = "topk_mean"  # of the autoencoder families (docs/training.md)
-DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_max",
+DEFAULT_REDUCTIONS: dict[str, str] = {"conv-ae": DEFAULT_REDUCTION, "dense-ae": DEFAULT_REDUCTION, "draem": "map_peaks",
                                       "patchcore": "map_topk_or_mean"}  # over one patch's footprint, or the whole map
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "conv-ae": {"base_width": 16, "depth": 4, "latent": 32},
@@ -57,7 +58,7 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
 DEFAULT_EPOCHS = 40  # epochs "auto" runs these where they make MIN_STEPS (from 1,200 training images at batch 16)
-MIN_SCALE_IMAGES = 10  # map_topk_or_mean's scale needs the spreads of at least this many held-out good images
+MIN_SCALE_IMAGES = 10  # the scales of map_topk_or_mean and map_peaks need this many held-out good images' spreads
 MIN_STEPS = 3000  # epochs "auto" adds passes over smaller sets until training makes this many steps
 MIN_BUDGET_SHARE = 0.25  # the least of the time budget that training gets after a slow reading of the images
 SIZE_CHECK_SHARE = 6  # defect_size auto asks the good images after min_steps / this many steps (500 by default)
@@ -185,10 +186,18 @@ def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     the whole map's mean where that is louder on the good images' scale (`map_topk_or_mean`, row 113; its scale
     is fitted once the model is, `fit_scoring`)."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
+    if name == "map_peaks" and "window" not in settings.reduction_params:
+        return name, {**settings.reduction_params, "window": peak_window(settings.height, settings.width)}
     if settings.reduction or settings.reduction_params or settings.family != "patchcore":
         return name, settings.reduction_params
     h = hparams_for(settings)
     return name, {"top_percent": footprint_percent(settings.height, settings.width, h["layers"], h["pool"])}
+
+
+def peak_window(height: int, width: int) -> int:
+    """`map_peaks`' square: an eighth of the frame's shorter side, odd (33 px at 256x256; docs/quality.md,
+    row 129: a 9-px square helped less)."""
+    return min(height, width) // 8 // 2 * 2 + 1
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -468,16 +477,40 @@ def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype,
 
 def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, good: np.ndarray,
                 scoring: tuple[str, dict[str, float]]) -> tuple[str, dict[str, float]]:
-    """The reduction with what it learns from good images (uint8) added: `map_topk_or_mean`'s scale of the whole
-    map's mean (`mean_scale`), unless given; any other reduction as it is."""
+    """The reduction with what it learns from good images (uint8) added, unless given: `map_topk_or_mean`'s scale
+    of the whole map's mean (`mean_scale`), `map_peaks`' scale of the peak mean (`peaks_scale`); any other
+    reduction as it is."""
     name, params = scoring
+    if name == "map_peaks" and "peaks_gain" not in params and "peaks_shift" not in params:
+        peak_params = {k: v for k, v in params.items() if k in ("window", "pool", "peaks")}
+        readings = _readings(model, settings, dtype, good, {"max": make_reduction("map_max"),
+                                                            "peaks": functools.partial(map_peak_mean, **peak_params)})
+        return name, {**params, **peaks_scale(readings["max"], readings["peaks"])}
     if name != "map_topk_or_mean" or "mean_gain" in params or "mean_shift" in params:
         return scoring
     top = params.get("top_percent", 0.1)
-    readings = run(model, good, {"top": make_reduction("map_topk", {"top_percent": top}), "mean": map_mean},
-                   resolve_device(settings.device), settings.batch_size, output=output_kind(settings.family),
-                   dtype=dtype).scores
+    readings = _readings(model, settings, dtype, good, {"top": make_reduction("map_topk", {"top_percent": top}),
+                                                        "mean": map_mean})
     return name, {**params, **mean_scale(readings["top"], readings["mean"])}
+
+
+def _readings(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, good: np.ndarray,
+              reductions: dict[str, Any]) -> dict[str, np.ndarray]:
+    return run(model, good, reductions, resolve_device(settings.device), settings.batch_size,
+               output=output_kind(settings.family), dtype=dtype).scores
+
+
+def peaks_scale(top: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
+    """`map_peaks`' peaks_gain and peaks_shift from good images' map maxima and peak means: the peak mean
+    standardised on them, then given the maximum's spread, so that the score is the maximum plus how far the
+    loudest peaks stand above good images', each in its own good images' spread (docs/quality.md, row 129's sum
+    of z-scores, on the maximum's scale). Fewer than MIN_SCALE_IMAGES images give no gain: `map_max`."""
+    top, peaks = np.asarray(top, np.float64), np.asarray(peaks, np.float64)
+    spread = float(peaks.std())
+    if len(top) < MIN_SCALE_IMAGES or spread <= 1e-12 * max(1.0, abs(float(peaks.mean()))):
+        return {"peaks_gain": 0.0, "peaks_shift": 0.0}
+    gain = float(top.std()) / spread
+    return {"peaks_gain": gain, "peaks_shift": -gain * float(peaks.mean())}
 
 
 def mean_scale(top: np.ndarray, mean: np.ndarray) -> dict[str, float]:

@@ -20,9 +20,18 @@ from inspector.device import fast_bf16
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, RECONSTRUCTION, Draem, build_model, output_kind
 from inspector.repair import crop_size, focal_loss, random_crops
-from inspector.scoring import heat_map, make_reduction, map_max, map_topk, map_topk_or_mean, reduction_output
+from inspector.scoring import (
+    heat_map,
+    make_reduction,
+    map_max,
+    map_peak_mean,
+    map_peaks,
+    map_topk,
+    map_topk_or_mean,
+    reduction_output,
+)
 from inspector.synth import PartRenderer
-from inspector.train import TrainSettings, check_settings, fit, load_split
+from inspector.train import TrainSettings, check_settings, fit, load_split, peak_window, peaks_scale
 
 SIZE = 64
 HP = {"recon_width": 8, "seg_width": 8, "recon_depth": 2, "seg_depth": 2}
@@ -282,6 +291,38 @@ def test_map_topk_or_mean_takes_the_louder_of_a_hot_spot_and_a_faint_region() ->
     assert reduction_output("map_topk_or_mean") == ANOMALY_MAP
 
 
+def test_map_peaks_counts_several_weak_spots_beside_the_loudest() -> None:
+    """A peak is the largest value of the square around it: a spot's shoulder is not a second peak. The mean of
+    the 3 loudest peaks tells a map with three spots from one with a single spot as loud; map_peaks adds it, on
+    the good images' scale, to the maximum, and is map_max without that scale."""
+    out = torch.full((2, 1, 128, 128), 0.1)
+    out[0, 0, 10, 10], out[0, 0, 10, 12] = 0.9, 0.8  # one spot and its shoulder, within a 33-px square
+    out[1, 0, 10, 10], out[1, 0, 60, 60], out[1, 0, 110, 30] = 0.9, 0.6, 0.3  # three spots, far apart
+    x = torch.rand(2, 1, 128, 128)
+    for pool in (1, 4):
+        peaks = map_peak_mean(x, out, window=33, pool=pool, peaks=3)
+        assert peaks[0] == pytest.approx((0.9 + 0.1 + 0.1) / 3) and peaks[1] == pytest.approx((0.9 + 0.6 + 0.3) / 3)
+    flat = torch.full((1, 1, 16, 16), 0.25)
+    assert map_peak_mean(x[:1, :, :16, :16], flat, window=33.0, pool=4.0)[0] == pytest.approx(0.25)  # json floats
+    assert torch.equal(map_peaks(x, out), map_max(x, out))
+    scored = make_reduction("map_peaks", {"window": 33, "peaks_gain": 2.0, "peaks_shift": -0.5})(x, out)
+    assert torch.allclose(scored, torch.tensor([0.9 + 2.0 * 1.1 / 3 - 0.5, 0.9 + 2.0 * 1.8 / 3 - 0.5]))
+    assert scored[1] > scored[0] and reduction_output("map_peaks") == ANOMALY_MAP
+    assert peak_window(256, 256) == 33 and peak_window(480, 640) == 61 and peak_window(32, 32) == 5
+
+
+def test_the_peak_mean_is_scaled_to_the_maximums_spread_and_centred_on_good_images() -> None:
+    """peaks_scale centres the good images' scaled peak means on 0 with their maxima's spread, so that a good
+    image scores about its maximum; no spread, or fewer than ten images: map_max."""
+    rng = np.random.default_rng(0)
+    top, peaks = rng.normal(0.6, 0.05, 50), rng.normal(0.3, 0.01, 50)
+    fitted = peaks_scale(top, peaks)
+    scaled = peaks * fitted["peaks_gain"] + fitted["peaks_shift"]
+    assert scaled.mean() == pytest.approx(0.0, abs=1e-12) and scaled.std() == pytest.approx(top.std())
+    assert peaks_scale(top, np.full(50, 0.3)) == {"peaks_gain": 0.0, "peaks_shift": 0.0}
+    assert peaks_scale(top[:9], peaks[:9]) == {"peaks_gain": 0.0, "peaks_shift": 0.0}
+
+
 def test_crops_and_focal_loss() -> None:
     """Crops are a share of the input (a multiple of the model step); the focal loss is lower for right answers."""
     assert crop_size(256, 256, 16, 0.5) == (128, 128) and crop_size(64, 96, 16, 0.5) == (64, 64)
@@ -378,7 +419,9 @@ def test_bf16_training_also_separates_generated_defects(tmp_path: Path) -> None:
 def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path, tmp_path: Path) -> None:
     """Trained on good parts only, the default family scores generated defective parts above good ones."""
     art = load_artifact(draem_model)
-    assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_max"
+    assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_peaks"
+    params = art.meta.score.params  # the square for 64x64 frames; the scale from the 12 held-out good parts
+    assert params["window"] == 9 and params["peaks_gain"] > 0, params
     assert art.meta.hparams["views"] == 2  # the frame and its mirror image (quality.md, row 118)
     assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
     assert art.meta.hparams["decoder"] == "conv-resize"  # half the arithmetic (quality.md, row 90)
@@ -390,13 +433,16 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
 
 
 def test_draem_heatmaps_are_the_map_and_the_repair_is_shown(draem_model: Path) -> None:
-    """keep_maps returns the anomaly map as the heatmap and the model's repair as the reconstruction."""
+    """keep_maps returns the anomaly map as the heatmap and the model's repair as the reconstruction; the score
+    is the model's reduction of that map."""
     art = load_artifact(draem_model)
     images = np.full((2, SIZE, SIZE), 128, np.uint8)
     scored = score_artifact(art, images, torch.device("cpu"), keep_maps=True)
     assert scored.errors is not None and scored.recon is not None
     assert scored.errors.shape == (2, SIZE, SIZE) and scored.recon.shape == (2, SIZE, SIZE)
-    assert np.allclose(scored.errors.max(axis=(1, 2)), scored.scores["score"], atol=1e-5)
+    reduce = make_reduction(art.meta.score.reduction, art.meta.score.params)
+    shown = torch.from_numpy(scored.errors.astype(np.float32)).unsqueeze(1)
+    assert np.allclose(reduce(shown, shown).numpy(), scored.scores["score"], atol=1e-5)
 
 
 def test_views_can_be_set_on_a_trained_model(draem_model: Path, tmp_path: Path) -> None:
@@ -416,7 +462,7 @@ def test_artifact_output_must_fit_family_and_reduction(draem_model: Path, tmp_pa
     """model.json says the output kind; a reconstruction reduction on a draem model is refused on load."""
     model = Path(shutil.copytree(draem_model, tmp_path / "m"))
     meta = json.loads((model / "model.json").read_text())
-    meta["score"]["reduction"] = "topk_mean"
+    meta["score"]["reduction"], meta["score"]["params"] = "topk_mean", {}
     (model / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="do not fit"):
         load_artifact(model)
@@ -437,7 +483,7 @@ def test_cli_default_family_trains_scores_and_reports(tmp_path: Path, capsys: py
     assert main(["train", "--data", str(good), "--out", str(model), "--family", "draem", "--size", "32",
                  "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--quiet", *hp]) == 0
     meta = json.loads((model / "model.json").read_text())
-    assert meta["family"] == "draem" and meta["output"] == ANOMALY_MAP and meta["score"]["reduction"] == "map_max"
+    assert meta["family"] == "draem" and meta["output"] == ANOMALY_MAP and meta["score"]["reduction"] == "map_peaks"
     assert len(meta["data"]["held_out_files"]) == meta["data"]["held_out_count"] == 1
     assert meta["training"]["precision"] == ("bf16" if fast_bf16(torch.device("cpu")) else "fp32")  # auto
     assert main(["score", str(bad), "--model", str(model), "--heatmap", str(tmp_path / "heat"), "--quiet"]) == 0
@@ -485,7 +531,8 @@ def test_offline_scores_are_the_daemons_in_the_same_arithmetic(draem_model: Path
     dtype = resolve_dtype(precision, cpu, ANOMALY_MAP)
     offline = score_artifact(art, images, cpu, precision=precision).scores["score"]
     assert all(p.dtype == torch.float32 for p in art.module.parameters())
-    worker = Scorer(load_artifact(draem_model), make_reduction("map_max"), 0.5, cpu, dtype, max_batch=8)
+    worker = Scorer(load_artifact(draem_model), make_reduction(art.meta.score.reduction, art.meta.score.params), 0.5,
+                    cpu, dtype, max_batch=8)
     worker.host_np[:] = images
     np.testing.assert_allclose(offline, worker.scores(8), atol=2e-3 if precision == "bf16" else 1e-5)
     if precision == "bf16":  # and not the fp32 scores: the arithmetic does reach the forward pass
