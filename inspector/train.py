@@ -184,7 +184,8 @@ def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     """The settings' score reduction and its parameters, or the family's default: for patchcore the mean of the
     map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108), or
     the whole map's mean where that is louder on the good images' scale (`map_topk_or_mean`, row 113; its scale
-    is fitted once the model is, `fit_scoring`)."""
+    is fitted once the model is, `fit_scoring`). `map_peaks` (draem's) gets its square from the frame's size
+    (`peak_window`) unless given; its scale too is fitted later."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
     if name == "map_peaks" and "window" not in settings.reduction_params:
         return name, {**settings.reduction_params, "window": peak_window(settings.height, settings.width)}
