@@ -90,8 +90,13 @@ def map_peak_mean(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: in
     """Mean of the anomaly map's `peaks` loudest local peaks per image, (B,): a peak is the largest value of the
     `window`-pixel square around it, found on the map max-pooled by `pool` (the loudest peak is the map's maximum;
     the pooling makes the search cost a tenth of the full map's, docs/quality.md, row 130)."""
+    return _peak_mean(anomaly_map(x, out), window, pool, peaks)
+
+
+def _peak_mean(m: torch.Tensor, window: int, pool: int, peaks: int) -> torch.Tensor:
+    """`map_peak_mean` of an anomaly map (B, H, W) already averaged over channels."""
     pool, window, peaks = int(pool), int(window), int(peaks)  # model.json gives numbers back as floats
-    m = anomaly_map(x, out).unsqueeze(1)  # (B, 1, H, W)
+    m = m.unsqueeze(1)  # (B, 1, H, W)
     if pool > 1:
         m = F.max_pool2d(m, pool, ceil_mode=True)
     k = max(1, window // pool // 2 * 2 + 1)  # odd, so that the square has a centre
@@ -108,10 +113,11 @@ def map_peaks(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 
     gain and shift on good images (there the second term is centred on 0 with the maximum's spread). A defect
     part often holds several weak defects where a good part's loud spot is alone (docs/quality.md, rows 129
     and 130). With the defaults, `map_max`."""
-    top = anomaly_map(x, out).flatten(1).amax(dim=1)
+    m = anomaly_map(x, out)  # (B, H, W), read once for both terms
+    top = m.flatten(1).amax(dim=1)
     if peaks_gain == 0.0 and peaks_shift == 0.0:
         return top
-    return top + map_peak_mean(x, out, window, pool, peaks) * peaks_gain + peaks_shift
+    return top + _peak_mean(m, window, pool, peaks) * peaks_gain + peaks_shift
 
 
 def map_mean(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -503,15 +503,11 @@ def _readings(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, goo
 
 def peaks_scale(top: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
     """`map_peaks`' peaks_gain and peaks_shift from good images' map maxima and peak means: the peak mean
-    standardised on them, then given the maximum's spread, so that the score is the maximum plus how far the
-    loudest peaks stand above good images', each in its own good images' spread (docs/quality.md, row 129's sum
-    of z-scores, on the maximum's scale). Fewer than MIN_SCALE_IMAGES images give no gain: `map_max`."""
-    top, peaks = np.asarray(top, np.float64), np.asarray(peaks, np.float64)
-    spread = float(peaks.std())
-    if len(top) < MIN_SCALE_IMAGES or spread <= 1e-12 * max(1.0, abs(float(peaks.mean()))):
-        return {"peaks_gain": 0.0, "peaks_shift": 0.0}
-    gain = float(top.std()) / spread
-    return {"peaks_gain": gain, "peaks_shift": -gain * float(peaks.mean())}
+    standardised on them, then given the maximum's spread and centred on 0, so that the score is the maximum plus
+    how far the loudest peaks stand above good images', each in its own good images' spread (docs/quality.md,
+    row 129's sum of z-scores, on the maximum's scale). Fewer than MIN_SCALE_IMAGES images give no gain: `map_max`."""
+    gain, shift = _spread_match(top, peaks)  # the maximum's centre, then taken off: the term is 0 on average
+    return {"peaks_gain": gain, "peaks_shift": (shift - float(np.mean(top))) if gain else 0.0}
 
 
 def mean_scale(top: np.ndarray, mean: np.ndarray) -> dict[str, float]:
@@ -519,12 +515,19 @@ def mean_scale(top: np.ndarray, mean: np.ndarray) -> dict[str, float]:
     whole-map means): the whole-map mean standardised on them, then given the top-share mean's centre and spread,
     so that each reading counts in the spread of its own good images (docs/quality.md, row 113). Fewer than
     MIN_SCALE_IMAGES images give no gain: two spreads from so few would be guesses."""
-    top, mean = np.asarray(top, np.float64), np.asarray(mean, np.float64)
-    spread = float(mean.std())
-    if len(top) < MIN_SCALE_IMAGES or spread <= 1e-12 * max(1.0, abs(float(mean.mean()))):
-        return {"mean_gain": 0.0, "mean_shift": 0.0}  # too few to scale by, or nothing: the top share alone
-    gain = float(top.std()) / spread
-    return {"mean_gain": gain, "mean_shift": float(top.mean()) - gain * float(mean.mean())}
+    gain, shift = _spread_match(top, mean)
+    return {"mean_gain": gain, "mean_shift": shift}
+
+
+def _spread_match(target: np.ndarray, reading: np.ndarray) -> tuple[float, float]:
+    """(gain, shift) that give good images' `reading` the centre and spread of their `target`; (0, 0) for fewer
+    than MIN_SCALE_IMAGES images or a reading with no spread (nothing to scale by)."""
+    target, reading = np.asarray(target, np.float64), np.asarray(reading, np.float64)
+    spread = float(reading.std())
+    if len(target) < MIN_SCALE_IMAGES or spread <= 1e-12 * max(1.0, abs(float(reading.mean()))):
+        return 0.0, 0.0
+    gain = float(target.std()) / spread
+    return gain, float(target.mean()) - gain * float(reading.mean())
 
 
 def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
