@@ -86,16 +86,22 @@ def map_topk_or_mean(x: torch.Tensor, out: torch.Tensor, top_percent: float = 0.
     return torch.maximum(top_share_mean(m, top_percent), m.mean(dim=1) * mean_gain + mean_shift)
 
 
-def map_peak_mean(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 4, peaks: int = 3) -> torch.Tensor:
+def map_peak_mean(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 4, peaks: int = 3,
+                  margin: int = 0) -> torch.Tensor:
     """Mean of the anomaly map's `peaks` loudest local peaks per image, (B,): a peak is the largest value of the
-    `window`-pixel square around it, found on the map max-pooled by `pool` (the loudest peak is the map's maximum;
-    the pooling makes the search cost a tenth of the full map's, docs/quality.md, row 130)."""
-    return _peak_mean(anomaly_map(x, out), window, pool, peaks)
+    `window`-pixel square around it, found on the map max-pooled by `pool` (the pooling makes the search cost a
+    tenth of the full map's, docs/quality.md, row 130), and only `margin` pixels or more inside the frame (row 132:
+    what the frame's edge cuts, text or a part, answers a little at each piece, and such a row of weak peaks is
+    no defect's). Without a margin the loudest peak is the map's maximum."""
+    return _peak_mean(anomaly_map(x, out), window, pool, peaks, margin)
 
 
-def _peak_mean(m: torch.Tensor, window: int, pool: int, peaks: int) -> torch.Tensor:
+def _peak_mean(m: torch.Tensor, window: int, pool: int, peaks: int, margin: int = 0) -> torch.Tensor:
     """`map_peak_mean` of an anomaly map (B, H, W) already averaged over channels."""
-    pool, window, peaks = int(pool), int(window), int(peaks)  # model.json gives numbers back as floats
+    pool, window, peaks, margin = int(pool), int(window), int(peaks), int(margin)  # model.json gives floats back
+    h, w = m.shape[-2:]
+    if margin > 0 and min(h, w) > 2 * margin:  # a frame too small for the margin keeps its border
+        m = m[:, margin:h - margin, margin:w - margin]
     m = m.unsqueeze(1)  # (B, 1, H, W)
     if pool > 1:
         m = F.max_pool2d(m, pool, ceil_mode=True)
@@ -106,7 +112,7 @@ def _peak_mean(m: torch.Tensor, window: int, pool: int, peaks: int) -> torch.Ten
     return torch.where(is_peak, flat, floor).topk(min(peaks, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
-def map_peaks(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 4, peaks: int = 3,
+def map_peaks(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 4, peaks: int = 3, margin: int = 0,
               peaks_gain: float = 0.0, peaks_shift: float = 0.0) -> torch.Tensor:
     """The anomaly map's maximum raised by how far its loudest peaks stand above good images', (B,):
     `max + peak_mean * peaks_gain + peaks_shift`, with `map_peak_mean`'s reading and `peaks_scale` fitting the
@@ -117,7 +123,7 @@ def map_peaks(x: torch.Tensor, out: torch.Tensor, window: int = 33, pool: int = 
     top = m.flatten(1).amax(dim=1)
     if peaks_gain == 0.0 and peaks_shift == 0.0:
         return top
-    return top + _peak_mean(m, window, pool, peaks) * peaks_gain + peaks_shift
+    return top + _peak_mean(m, window, pool, peaks, margin) * peaks_gain + peaks_shift
 
 
 def map_mean(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -185,10 +185,12 @@ def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108), or
     the whole map's mean where that is louder on the good images' scale (`map_topk_or_mean`, row 113; its scale
     is fitted once the model is, `fit_scoring`). `map_peaks` (draem's) gets its square from the frame's size
-    (`peak_window`) unless given; its scale too is fitted later."""
+    (`peak_window`) unless given, and counts no peak within half of it from the frame's edge unless a margin is
+    given; its scale too is fitted later."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
-    if name == "map_peaks" and "window" not in settings.reduction_params:
-        return name, {**settings.reduction_params, "window": peak_window(settings.height, settings.width)}
+    if name == "map_peaks" and not {"window", "margin"} <= settings.reduction_params.keys():
+        window = settings.reduction_params.get("window", peak_window(settings.height, settings.width))
+        return name, {"window": window, "margin": int(window) // 2, **settings.reduction_params}
     if settings.reduction or settings.reduction_params or settings.family != "patchcore":
         return name, settings.reduction_params
     h = hparams_for(settings)
@@ -196,9 +198,9 @@ def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
 
 
 def peak_window(height: int, width: int) -> int:
-    """`map_peaks`' square: an eighth of the frame's shorter side, odd (33 px at 256x256; docs/quality.md,
-    row 129: a 9-px square helped less)."""
-    return min(height, width) // 8 // 2 * 2 + 1
+    """`map_peaks`' square: a quarter of the frame's shorter side, odd (65 px at 256x256; docs/quality.md, row
+    132: with the margin of half of it, 33 and 49 px did less; row 129: a 9-px square helped less)."""
+    return min(height, width) // 4 // 2 * 2 + 1
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -483,7 +485,7 @@ def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, g
     reduction as it is."""
     name, params = scoring
     if name == "map_peaks" and "peaks_gain" not in params and "peaks_shift" not in params:
-        peak_params = {k: v for k, v in params.items() if k in ("window", "pool", "peaks")}
+        peak_params = {k: v for k, v in params.items() if k in ("window", "pool", "peaks", "margin")}
         readings = _readings(model, settings, dtype, good, {"max": make_reduction("map_max"),
                                                             "peaks": functools.partial(map_peak_mean, **peak_params)})
         return name, {**params, **peaks_scale(readings["max"], readings["peaks"])}

@@ -31,7 +31,7 @@ from inspector.scoring import (
     reduction_output,
 )
 from inspector.synth import PartRenderer
-from inspector.train import TrainSettings, check_settings, fit, load_split, peak_window, peaks_scale
+from inspector.train import TrainSettings, check_settings, fit, load_split, peak_window, peaks_scale, score_for
 
 SIZE = 64
 HP = {"recon_width": 8, "seg_width": 8, "recon_depth": 2, "seg_depth": 2}
@@ -308,8 +308,32 @@ def test_map_peaks_counts_several_weak_spots_beside_the_loudest() -> None:
     scored = make_reduction("map_peaks", {"window": 33, "peaks_gain": 2.0, "peaks_shift": -0.5})(x, out)
     assert torch.allclose(scored, torch.tensor([0.9 + 2.0 * 1.1 / 3 - 0.5, 0.9 + 2.0 * 1.8 / 3 - 0.5]))
     assert scored[1] > scored[0] and reduction_output("map_peaks") == ANOMALY_MAP
-    assert peak_window(256, 256) == 33 and peak_window(480, 640) == 61 and peak_window(32, 32) == 5
+    assert peak_window(256, 256) == 65 and peak_window(480, 640) == 121 and peak_window(32, 32) == 9
 
+
+
+def test_map_peaks_counts_no_peak_in_the_margin_along_the_frames_edge() -> None:
+    """What the frame's edge cuts (a column of printed digits) answers a little at each piece: with a margin, those
+    weak peaks along the edge are not counted, while a defect inside the frame still is, and the maximum keeps the
+    edge (a loud spot there still scores). Training gives the margin as half the square; a frame too small for
+    the margin keeps its border."""
+    out = torch.full((2, 1, 128, 128), 0.1)
+    out[0, 0, 8:120:40, 3] = 0.5  # three weak spots along the left edge, 40 px apart
+    out[0, 0, 64, 64] = 0.5  # and one inside
+    out[1, 0, 20, 2] = 0.9  # one loud spot at the edge
+    x = torch.rand(2, 1, 128, 128)
+    assert map_peak_mean(x, out, window=33, pool=4, peaks=3)[0] == pytest.approx(0.5)
+    inner = map_peak_mean(x, out, window=33, pool=4, peaks=3, margin=16.0)
+    assert inner[0] == pytest.approx((0.5 + 0.1 + 0.1) / 3) and inner[1] == pytest.approx(0.1)
+    scored = make_reduction("map_peaks", {"window": 33, "margin": 16, "peaks_gain": 1.0})(x, out)
+    assert torch.allclose(scored, torch.tensor([0.5 + 0.7 / 3, 0.9 + 0.1]))
+    assert map_peak_mean(x, out[:, :, :24, :24], window=33, pool=4, margin=16)[1] == pytest.approx(0.9 / 3 + 0.2 / 3)
+    assert score_for(TrainSettings(family="draem", height=256, width=256)) == (
+        "map_peaks", {"window": 65, "margin": 32})
+    assert score_for(TrainSettings(family="draem", reduction_params={"window": 9})) == (
+        "map_peaks", {"window": 9, "margin": 4})
+    assert score_for(TrainSettings(family="draem", reduction_params={"margin": 0})) == (
+        "map_peaks", {"window": 65, "margin": 0})
 
 def test_the_peak_mean_is_scaled_to_the_maximums_spread_and_centred_on_good_images() -> None:
     """peaks_scale centres the good images' scaled peak means on 0 with their maxima's spread, so that a good
@@ -421,7 +445,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     art = load_artifact(draem_model)
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_peaks"
     params = art.meta.score.params  # the square for 64x64 frames; the scale from the 12 held-out good parts
-    assert params["window"] == 9 and params["peaks_gain"] > 0, params
+    assert params["window"] == 17 and params["margin"] == 8 and params["peaks_gain"] > 0, params
     assert art.meta.hparams["views"] == 2  # the frame and its mirror image (quality.md, row 118)
     assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
     assert art.meta.hparams["decoder"] == "conv-resize"  # half the arithmetic (quality.md, row 90)
