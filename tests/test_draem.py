@@ -311,7 +311,6 @@ def test_map_peaks_counts_several_weak_spots_beside_the_loudest() -> None:
     assert peak_window(256, 256) == 65 and peak_window(480, 640) == 121 and peak_window(32, 32) == 9
 
 
-
 def test_map_peaks_counts_no_peak_in_the_margin_along_the_frames_edge() -> None:
     """What the frame's edge cuts (a column of printed digits) answers a little at each piece: with a margin, those
     weak peaks along the edge are not counted, while a defect inside the frame still is, and the maximum keeps the
@@ -334,6 +333,7 @@ def test_map_peaks_counts_no_peak_in_the_margin_along_the_frames_edge() -> None:
         "map_peaks", {"window": 9, "margin": 4})
     assert score_for(TrainSettings(family="draem", reduction_params={"margin": 0})) == (
         "map_peaks", {"window": 65, "margin": 0})
+
 
 def test_the_peak_mean_is_scaled_to_the_maximums_spread_and_centred_on_good_images() -> None:
     """peaks_scale centres the good images' scaled peak means on 0 with their maxima's spread, so that a good
