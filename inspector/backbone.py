@@ -61,6 +61,18 @@ class SameConv(nn.Conv2d):
         return super().forward(x)
 
 
+def conv_bn(conv: SameConv, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`bn(conv(x))` with the batch norm's running statistics folded into the convolution's weights and bias, as
+    TorchScript's freeze folds them for the daemon: eager and traced runs then compute the same numbers, so a map
+    that jumps where a patch's nearest bank vector changes (patchcore's `density`) is the same in both."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.pad is not None:
+        x = F.pad(x, conv.pad)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class MBConv(nn.Module):
     """Lite's inverted bottleneck: 1x1 expansion, depthwise convolution, 1x1 projection (ReLU6, no SE)."""
 
@@ -78,9 +90,9 @@ class MBConv(nn.Module):
         self.skip = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
+        y = F.relu6(conv_bn(self._expand_conv, self._bn0, x)) if self.expand else x
+        y = F.relu6(conv_bn(self._depthwise_conv, self._bn1, y))
+        y = conv_bn(self._project_conv, self._bn2, y)
         return y + x if self.skip else y
 
 
@@ -97,7 +109,7 @@ class LiteTrunk(nn.Module):
         self._blocks = nn.ModuleList([MBConv(*spec) for spec in BLOCKS[:taps[-1] + 1]])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # x: (B, 3, H, W) normalised to about [-1, 1]
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(conv_bn(self._conv_stem, self._bn0, x))
         out: list[torch.Tensor] = []
         for i, block in enumerate(self._blocks):
             x = block(x)
