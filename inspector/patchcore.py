@@ -5,7 +5,10 @@ the outputs of the tapped blocks are averaged over 3x3 neighbourhoods, brought t
 stacked, so that each grid cell has one feature vector describing a patch of the frame. Training keeps a
 coreset of the good images' patch vectors (greedy farthest-point selection, as in PatchCore, Roth et al. 2022);
 a frame's anomaly map is each patch's distance to its nearest bank vector, resized to the frame and squashed
-into [0, 1) by d / (d + scale), which keeps the order of the distances. Imports only torch.
+into [0, 1) by d / (d + scale), which keeps the order of the distances. With `density` n > 0, each distance is
+first divided by its bank vector's radius, the distance from that vector to its n-th nearest training patch:
+the same step away from good patches counts for more where good patches lie close together (a local outlier
+factor, as in LOF; docs/quality.md, row 133). Imports only torch.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ class PatchCore(nn.Module):
     """Pretrained patch features and a bank of good ones; forward gives the anomaly map (B, 1, H, W)."""
 
     bank: torch.Tensor
+    radius: torch.Tensor
     scale: torch.Tensor
 
     def __init__(self, channels: int, height: int, width: int, layers: Sequence[int] | str | int = (10, 14),
-                 pool: int = 3, bank: int = 0) -> None:
+                 pool: int = 3, bank: int = 0, density: int = 0) -> None:
         super().__init__()
         taps = _taps(layers)
         self.trunk = LiteTrunk(taps)
@@ -41,11 +45,16 @@ class PatchCore(nn.Module):
             raise ValueError(f"patchcore pool must be an odd number of pixels, not {pool}")
         if channels not in (1, 3):
             raise ValueError(f"patchcore reads 1 or 3 channels, not {channels}")
+        if density < 0:
+            raise ValueError(f"patchcore density must be a count of neighbours >= 0 (0: plain), not {density}")
         self.channels = channels
         self.pool = pool
         self.grid = (height // block_stride(taps[0]), width // block_stride(taps[0]))
         self.dims = sum(block_channels(n) for n in taps)
+        self.density = int(density)
         self.register_buffer("bank", torch.zeros(bank, self.dims))  # good patch vectors
+        # each bank vector's distance to its density-th nearest training patch (all ones: plain distances)
+        self.register_buffer("radius", torch.ones(bank), persistent=self.density > 0)
         self.register_buffer("scale", torch.ones(()))  # distances map to d / (d + scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +84,11 @@ class PatchCore(nn.Module):
             near = (p.to(torch.bfloat16) @ self.bank.t()).float().mul_(-2.0).add_((bank * bank).sum(-1))
         else:
             near = torch.addmm((bank * bank).sum(-1), p, bank.t(), alpha=-2.0)
-        d2 = (p * p).sum(-1) + near.min(dim=-1).values
-        return d2.clamp_min(0.0).sqrt().reshape(b, 1, h, w)
+        nearest = near.min(dim=-1)
+        d = ((p * p).sum(-1) + nearest.values).clamp_min(0.0).sqrt()
+        if self.density:
+            d = d / self.radius.float()[nearest.indices]
+        return d.reshape(b, 1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
         d = F.interpolate(self.distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -140,7 +152,46 @@ def build_bank(model: PatchCore, train: torch.Tensor, held_out: torch.Tensor, si
     chosen = coreset(vectors, size)
     model.bank = vectors[chosen].contiguous().to(model.scale.device)
     run.bank = model.bank.to(dtype)  # the same bank in the copy, as the daemon's cast gives it
+    if model.density:
+        model.radius = radii(model.bank, vectors.to(model.scale.device), model.density)
+        run.radius = model.radius.to(dtype)
+    _set_scale(model, run, held_out, batch_size, dtype)
+    return {"patches": len(vectors), "bank": len(chosen), "scale": float(model.scale)}
+
+
+@torch.no_grad()
+def plain_distances(model: PatchCore, held_out: torch.Tensor, batch_size: int,
+                    dtype: torch.dtype = torch.float32) -> PatchCore:
+    """A copy of a fitted model that reads its bank's plain distances (`density` 0), its scale set on the held-out
+    uint8 images as `build_bank` sets it; the model itself when it reads them already."""
+    if not model.density:
+        return model
+    plain = copy.deepcopy(model)
+    plain.density = 0
+    plain.radius = torch.ones_like(plain.radius)
+    run = plain if dtype == torch.float32 else copy.deepcopy(plain).to(dtype)
+    _set_scale(plain, run, held_out, batch_size, dtype)
+    return plain
+
+
+def _set_scale(model: PatchCore, run: PatchCore, held_out: torch.Tensor, batch_size: int, dtype: torch.dtype) -> None:
+    """The model's scale: the median of the held-out images' largest patch distances, as `run` (the model in the
+    daemon's arithmetic) gives them."""
     largest = torch.cat([run.distances(held_out[s:s + batch_size].to(dtype).div_(255.0)).amax(dim=(1, 2, 3))
                          for s in range(0, len(held_out), batch_size)])
     model.scale = largest.median().clamp_min(1e-6).to(model.scale.device, torch.float32)
-    return {"patches": len(vectors), "bank": len(chosen), "scale": float(model.scale)}
+
+
+def radii(bank: torch.Tensor, vectors: torch.Tensor, n: int, chunk: int = 64) -> torch.Tensor:
+    """Each bank vector's distance to its n-th nearest of `vectors` (M, D), not counting one copy of itself (bank
+    vectors are among the training patches), float32 (bank,); at least a millionth of the median, so that no
+    division by it blows up."""
+    vv = (vectors.float() ** 2).sum(-1)
+    k = min(n + 1, len(vectors))
+    out = []
+    for s in range(0, len(bank), chunk):
+        b = bank[s:s + chunk].float()
+        d2 = torch.addmm(vv, b, vectors.float().t(), alpha=-2.0).add_((b * b).sum(-1, keepdim=True))
+        out.append(d2.topk(k, dim=1, largest=False).values[:, -1].clamp_min(0.0).sqrt())
+    r = torch.cat(out)
+    return r.clamp_min(1e-6 * float(r.median()) + 1e-12)

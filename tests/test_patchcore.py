@@ -15,8 +15,8 @@ from inspector.backbone import LiteTrunk, block_stride, load_pretrained, pretrai
 from inspector.cli import main
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, build_model
-from inspector.patchcore import coreset
-from inspector.train import TrainSettings, fit, load_split, mean_scale, score_for
+from inspector.patchcore import coreset, radii
+from inspector.train import TrainSettings, _fit_one, _question_scorer, fit, load_split, mean_scale, score_for
 from inspector.worker import trace
 from tests.test_draem import SIZE, _paint_defects, _parts
 
@@ -42,6 +42,7 @@ def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_mo
     assert params["top_percent"] == 100.0 * 9 / 16  # 3x3 cells of the 4x4 grid: one patch's share
     assert params["mean_gain"] > 0.0, params  # the whole map's mean, brought to that scale on the held-out images
     assert art.meta.hparams["bank"] == 200 and art.meta.training["stopped_by"] == "bank"
+    assert art.meta.hparams["density"] == 8 and float(art.module.radius.min()) > 0.0  # type: ignore[union-attr]
     assert art.meta.training["history"][0]["patches"] == 36 * 16  # 36 training parts, a 4x4 grid each at 64 px
     good = _parts(tmp_path / "good", 16, seed=1)
     bad = _paint_defects(_parts(tmp_path / "bad", 16, seed=2), seed=3)
@@ -101,6 +102,57 @@ def test_distances_are_those_to_the_nearest_bank_vector() -> None:
         half.features = lambda _: f  # type: ignore[method-assign]  # the same features: the product's rounding alone
         ref = torch.cdist(patches, half.bank.float()[None].expand(3, -1, -1)).min(-1).values.reshape(3, 1, *model.grid)
         torch.testing.assert_close(half.distances(x), ref, rtol=5e-3, atol=1e-3)
+
+
+def test_density_divides_each_distance_by_its_nearest_bank_vectors_radius() -> None:
+    """With `density` n, a patch's distance is divided by the radius of its nearest bank vector: that vector's
+    distance to its n-th nearest training patch (itself not counted). So the same step away from a tight cluster
+    of good patches reads louder than from a loose one. Without it (models from before), plain distances, and no
+    radius in the saved state."""
+    gen = torch.Generator().manual_seed(0)
+    tight = 0.01 * torch.randn(50, 4, generator=gen)
+    loose = torch.tensor([10.0, 0.0, 0.0, 0.0]) + torch.randn(50, 4, generator=gen)
+    vectors = torch.cat([tight, loose])
+    bank = vectors[[0, 50]]
+    r = radii(bank, vectors, 3)
+    brute = torch.cdist(bank, vectors).sort(dim=1).values[:, 3]  # index 0: the bank vector itself
+    torch.testing.assert_close(r, brute, rtol=1e-4, atol=1e-4)
+    assert float(r[1]) > 20 * float(r[0])
+    model = build_model("patchcore", 1, SIZE, SIZE, bank=300, density=2).eval()
+    plain = build_model("patchcore", 1, SIZE, SIZE, bank=300).eval()
+    assert "radius" in model.state_dict() and "radius" not in plain.state_dict()
+    load_pretrained(model.trunk)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "radius"})
+    model.bank = plain.bank = torch.randn(300, model.dims, generator=gen)
+    model.radius = torch.rand(300, generator=gen) + 0.5
+    x = torch.rand(2, 1, SIZE, SIZE, generator=gen)
+    with torch.no_grad():
+        f = model.features(x)
+        patches = f.permute(0, 2, 3, 1).reshape(2, -1, model.dims)
+        d = torch.cdist(patches, model.bank[None].expand(2, -1, -1))
+        nearest = d.min(-1)
+        expected = (nearest.values / model.radius[nearest.indices]).reshape(2, 1, *model.grid)
+        torch.testing.assert_close(model.distances(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(plain.distances(x), nearest.values.reshape(2, 1, *model.grid), rtol=1e-4,
+                                   atol=1e-4)
+    with pytest.raises(ValueError, match="density"):
+        build_model("patchcore", 1, SIZE, SIZE, density=-1)
+
+
+def test_the_family_question_asks_patchcore_with_its_plain_distances(tmp_path: Path) -> None:
+    """`--family auto` asks its question of patchcore's plain distances: the scores of the same bank fitted with
+    density 0, its scale and score fitted afresh, not the density-weighted scores that the kept model gives."""
+    _parts(tmp_path / "data" / "good", 48, seed=0)
+    common = {"family": "patchcore", "height": SIZE, "width": SIZE, "device": "cpu", "val_fraction": 0.25,
+              "max_minutes": None}
+    weighted = TrainSettings(**common, hparams={"bank": 200})
+    plain = TrainSettings(**common, hparams={"bank": 200, "density": 0})
+    split = load_split(tmp_path / "data", weighted)
+    fw, fp = _fit_one(split, weighted, tmp_path / "w"), _fit_one(split, plain, tmp_path / "p")
+    images = _parts(tmp_path / "probe", 8, seed=5)
+    np.testing.assert_allclose(_question_scorer(fw, weighted, split)(images), fp.score(images), rtol=1e-4)
+    assert not np.allclose(fw.score(images), fp.score(images), rtol=1e-3)
+    assert _question_scorer(fp, plain, split) is fp.score
 
 
 def test_patchcore_scores_the_mean_over_one_patchs_footprint_unless_told_otherwise() -> None:
