@@ -167,8 +167,7 @@ def plain_distances(model: PatchCore, held_out: torch.Tensor, batch_size: int,
     if not model.density:
         return model
     plain = copy.deepcopy(model)
-    plain.density = 0
-    plain.radius = torch.ones_like(plain.radius)
+    plain.density = 0  # its radius is then not read
     run = plain if dtype == torch.float32 else copy.deepcopy(plain).to(dtype)
     _set_scale(plain, run, held_out, batch_size, dtype)
     return plain
@@ -186,12 +185,13 @@ def radii(bank: torch.Tensor, vectors: torch.Tensor, n: int, chunk: int = 64) ->
     """Each bank vector's distance to its n-th nearest of `vectors` (M, D), not counting one copy of itself (bank
     vectors are among the training patches), float32 (bank,); at least a millionth of the median, so that no
     division by it blows up."""
-    vv = (vectors.float() ** 2).sum(-1)
+    vectors = vectors.float()
+    vv = (vectors * vectors).sum(-1)
     k = min(n + 1, len(vectors))
     out = []
     for s in range(0, len(bank), chunk):
         b = bank[s:s + chunk].float()
-        d2 = torch.addmm(vv, b, vectors.float().t(), alpha=-2.0).add_((b * b).sum(-1, keepdim=True))
+        d2 = torch.addmm(vv, b, vectors.t(), alpha=-2.0).add_((b * b).sum(-1, keepdim=True))
         out.append(d2.topk(k, dim=1, largest=False).values[:, -1].clamp_min(0.0).sqrt())
     r = torch.cat(out)
     return r.clamp_min(1e-6 * float(r.median()) + 1e-12)

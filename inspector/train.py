@@ -454,7 +454,7 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
         started = time.monotonic()
         fitted[family] = _fit_one(split, one, out, progress, budget_started)
         asking = time.monotonic()
-        asked[family] = separation(_question_scorer(fitted[family], one, split), held_out)
+        asked[family] = separation(_question_scorer(fitted[family], one, held_out), held_out)
         question = time.monotonic() - asking
         seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
     chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
@@ -467,7 +467,8 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     return best
 
 
-def _question_scorer(fitted: _Fitted, settings: TrainSettings, split: Split) -> Callable[[np.ndarray], np.ndarray]:
+def _question_scorer(fitted: _Fitted, settings: TrainSettings,
+                     held_out: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The scores the family question asks of a fitted model: its own, except that patchcore is asked with its
     bank's plain distances (`density` 0, its scale and score fitted on the held-out images as training fits them).
     The density weighting lowers patchcore's answer on synthetic defects while it raises its figures on real ones
@@ -477,7 +478,6 @@ def _question_scorer(fitted: _Fitted, settings: TrainSettings, split: Split) -> 
         return fitted.score
     device = resolve_device(settings.device)
     dtype = resolve_dtype("auto", device, output_kind(settings.family))
-    held_out = split.data.images[split.val_idx]
     plain = plain_distances(cast(Any, model), to_tensor(held_out, device, 1.0).to(torch.uint8), settings.batch_size,
                             dtype)
     return _scorer(plain, settings, dtype, fit_scoring(plain, settings, dtype, held_out, score_for(settings)))

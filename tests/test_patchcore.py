@@ -150,9 +150,10 @@ def test_the_family_question_asks_patchcore_with_its_plain_distances(tmp_path: P
     split = load_split(tmp_path / "data", weighted)
     fw, fp = _fit_one(split, weighted, tmp_path / "w"), _fit_one(split, plain, tmp_path / "p")
     images = _parts(tmp_path / "probe", 8, seed=5)
-    np.testing.assert_allclose(_question_scorer(fw, weighted, split)(images), fp.score(images), rtol=1e-4)
+    held_out = split.data.images[split.val_idx]
+    np.testing.assert_allclose(_question_scorer(fw, weighted, held_out)(images), fp.score(images), rtol=1e-4)
     assert not np.allclose(fw.score(images), fp.score(images), rtol=1e-3)
-    assert _question_scorer(fp, plain, split) is fp.score
+    assert _question_scorer(fp, plain, held_out) is fp.score
 
 
 def test_patchcore_scores_the_mean_over_one_patchs_footprint_unless_told_otherwise() -> None:
