@@ -133,6 +133,18 @@ def all_good_quantile(held_out: np.ndarray, trained: np.ndarray, target_false_re
     return spec, held
 
 
+def to_median(scores: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    """`scores` moved by one constant so that their median is that of `reference`, and the constant added.
+
+    For scores of another kind than the reference's whose spread is alike but whose level is not: a bank model's
+    trained-on images, each scored with its own patches left out of the bank, read a little higher than new images
+    (the coreset had placed no other vector where its own ones were), so their tail is used at the held-out
+    images' level (docs/quality.md, row 135)."""
+    s, ref = _scores(scores), _scores(reference, "reference scores")
+    shift = float(np.median(ref) - np.median(s))
+    return s + shift, shift
+
+
 def best_f1(good: np.ndarray, defect: np.ndarray) -> ThresholdSpec:
     """Threshold that maximises F1 on labelled good and defect scores."""
     g, d = _scores(good, "good scores"), _scores(defect, "defect scores")

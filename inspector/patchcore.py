@@ -8,7 +8,11 @@ a frame's anomaly map is each patch's distance to its nearest bank vector, resiz
 into [0, 1) by d / (d + scale), which keeps the order of the distances. With `density` n > 0, each distance is
 first divided by its bank vector's radius, the distance from that vector to its n-th nearest training patch:
 the same step away from good patches counts for more where good patches lie close together (a local outlier
-factor, as in LOF; docs/quality.md, row 133). Imports only torch.
+factor, as in LOF; docs/quality.md, row 133). With `whiten` w > 0, distances are measured after a linear map
+fitted on the training patches, which divides each direction of the patch space by its spread among good patches
+(w = 1: full whitening, the Mahalanobis distance of one covariance over all patches; w < 1: the covariance shrunk
+toward its mean variance by 1 - w): a step along a direction in which good patches hardly vary counts for more
+than one along their usual variation (row 134). Imports only torch.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class PatchCore(nn.Module):
     scale: torch.Tensor
 
     def __init__(self, channels: int, height: int, width: int, layers: Sequence[int] | str | int = (10, 14),
-                 pool: int = 3, bank: int = 0, density: int = 0) -> None:
+                 pool: int = 3, bank: int = 0, density: int = 0, whiten: float = 0.0) -> None:
         super().__init__()
         taps = _taps(layers)
         self.trunk = LiteTrunk(taps)
@@ -47,15 +51,22 @@ class PatchCore(nn.Module):
             raise ValueError(f"patchcore reads 1 or 3 channels, not {channels}")
         if density < 0:
             raise ValueError(f"patchcore density must be a count of neighbours >= 0 (0: plain), not {density}")
+        if not 0.0 <= float(whiten) <= 1.0:
+            raise ValueError(f"patchcore whiten must be a strength from 0 (none) to 1 (full), not {whiten}")
         self.channels = channels
         self.pool = pool
         self.grid = (height // block_stride(taps[0]), width // block_stride(taps[0]))
         self.dims = sum(block_channels(n) for n in taps)
         self.density = int(density)
+        self.whiten = float(whiten)
         self.register_buffer("bank", torch.zeros(bank, self.dims))  # good patch vectors
         # each bank vector's distance to its density-th nearest training patch (all ones: plain distances)
         self.register_buffer("radius", torch.ones(bank), persistent=self.density > 0)
         self.register_buffer("scale", torch.ones(()))  # distances map to d / (d + scale)
+        # the linear map from patch vectors to the space distances are measured in (the identity: plain space)
+        self.register_buffer("transform", torch.eye(self.dims), persistent=self.whiten > 0)
+        # which training image each bank vector came from (`build_bank` sets it; not saved: training's alone)
+        self.bank_owner = torch.zeros(bank, dtype=torch.long)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Patch vectors (B, dims, grid_h, grid_w) of a batch in [0, 1]."""
@@ -71,11 +82,15 @@ class PatchCore(nn.Module):
             out.append(m)
         return torch.cat(out, dim=1)
 
-    def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Each patch's distance to its nearest bank vector (B, 1, grid_h, grid_w), float32."""
+    def distances(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Each patch's distance to its nearest bank vector (B, 1, grid_h, grid_w), float32. With `exclude` (B,),
+        the training images' numbers (their rows in the images `build_bank` took), each frame's nearest vector is
+        sought among those not taken from that image (`bank_owner`): its score as if it had been held out."""
         f = self.features(x).float()
         b, d, h, w = f.shape
         p = f.permute(0, 2, 3, 1).reshape(b * h * w, d)
+        if self.whiten:
+            p = p @ self.transform.float()
         bank = self.bank.float()
         # |p - v|^2 = |p|^2 + (|v|^2 - 2 p.v): the bracket in one product over the bank (its minimum does not
         # depend on |p|^2), so that no further pass runs over the (patches x bank) table, whose passes cost as
@@ -84,14 +99,18 @@ class PatchCore(nn.Module):
             near = (p.to(torch.bfloat16) @ self.bank.t()).float().mul_(-2.0).add_((bank * bank).sum(-1))
         else:
             near = torch.addmm((bank * bank).sum(-1), p, bank.t(), alpha=-2.0)
+        if exclude is not None:
+            own = exclude.to(near.device).repeat_interleave(h * w)[:, None] == self.bank_owner[None, :]
+            near = near.masked_fill(own, float("inf"))
         nearest = near.min(dim=-1)
         d = ((p * p).sum(-1) + nearest.values).clamp_min(0.0).sqrt()
         if self.density:
             d = d / self.radius.float()[nearest.indices]
         return d.reshape(b, 1, h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W), float32
-        d = F.interpolate(self.distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """The anomaly map (B, 1, H, W), float32, of a batch (B, C, H, W); `exclude`: see `distances`."""
+        d = F.interpolate(self.distances(x, exclude), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return d / (d + self.scale.float())
 
 
@@ -149,9 +168,15 @@ def build_bank(model: PatchCore, train: torch.Tensor, held_out: torch.Tensor, si
         f = run.features(x).float()
         chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
     vectors = torch.cat(chunks)
+    if model.whiten:
+        # rounded to the daemon's arithmetic first, so that training and the daemon map patches alike
+        model.transform = whitening(vectors, model.whiten).to(dtype).float().to(model.scale.device)
+        run.transform = model.transform.to(dtype)
+        vectors = torch.cat([v @ model.transform.cpu() for v in vectors.split(65536)])
     chosen = coreset(vectors, size)
     model.bank = vectors[chosen].contiguous().to(model.scale.device)
     run.bank = model.bank.to(dtype)  # the same bank in the copy, as the daemon's cast gives it
+    model.bank_owner = run.bank_owner = (chosen // (len(vectors) // len(train))).to(model.scale.device)
     if model.density:
         model.radius = radii(model.bank, vectors.to(model.scale.device), model.density)
         run.radius = model.radius.to(dtype)
@@ -179,6 +204,26 @@ def _set_scale(model: PatchCore, run: PatchCore, held_out: torch.Tensor, batch_s
     largest = torch.cat([run.distances(held_out[s:s + batch_size].to(dtype).div_(255.0)).amax(dim=(1, 2, 3))
                          for s in range(0, len(held_out), batch_size)])
     model.scale = largest.median().clamp_min(1e-6).to(model.scale.device, torch.float32)
+
+
+def whitening(vectors: torch.Tensor, strength: float, chunk: int = 65536) -> torch.Tensor:
+    """The symmetric (D, D) map that whitens vectors (M, D) with their covariance shrunk toward its mean variance:
+    C_w = w C + (1 - w) (tr C / D) I, map C_w^(-1/2), times the root of tr C / D so that distances keep about their
+    size. strength w = 1 gives full whitening (the Mahalanobis distance), 0 the identity."""
+    vectors = vectors.float()
+    m, dims = vectors.shape
+    mean = vectors.mean(0)
+    cov = torch.zeros(dims, dims, dtype=torch.float64)
+    for v in vectors.split(chunk):
+        c = v - mean
+        cov += (c.t() @ c).double()
+    cov /= max(m - 1, 1)
+    level = torch.trace(cov) / dims
+    shrunk = strength * cov + (1.0 - strength) * level * torch.eye(dims, dtype=torch.float64)
+    values, vecs = torch.linalg.eigh(shrunk)
+    floor = 1e-12 * float(level) + 1e-30
+    out = (vecs * values.clamp_min(floor).rsqrt()) @ vecs.t() * level.sqrt()
+    return out.float()
 
 
 def radii(bank: torch.Tensor, vectors: torch.Tensor, n: int, chunk: int = 64) -> torch.Tensor:

@@ -53,7 +53,7 @@ DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "dense-ae": {"hidden": 256, "code": 32},
     "draem": {"fold": 2, "recon_width": 16, "recon_depth": 3, "seg_width": 16, "seg_depth": 3, "views": 2,
               "seg_views": 1, "padding": "reflect", "decoder": "conv-resize"},
-    "patchcore": {"layers": [10, 14], "pool": 3, "bank": 4000, "density": 8},
+    "patchcore": {"layers": [10, 14], "pool": 3, "bank": 4000, "density": 8, "whiten": 0.5},
 }
 DEFAULT_MAX_MINUTES = 9.0  # with loading and calibration, 3000 images train within 10 minutes on 2 CPU cores
 VAL_SEED = 12345  # the synthetic defects of the held-out slice are the same at every epoch
@@ -494,6 +494,22 @@ def _scorer(model: nn.Module, settings: TrainSettings, dtype: torch.dtype,
                               dtype=dtype).scores["score"]
 
 
+@torch.no_grad()
+def _left_out_scores(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, images: np.ndarray,
+                     scoring: tuple[str, dict[str, float]]) -> np.ndarray:
+    """A bank model's scores of the uint8 images its bank was built from (in that order), each image's own bank
+    vectors left out of its nearest-vector search (`PatchCore.distances`' exclude), in `dtype`."""
+    device = resolve_device(settings.device)
+    reduce = make_reduction(*scoring)
+    module = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    out = []
+    for s in range(0, len(images), settings.batch_size):
+        x = to_tensor(images[s:s + settings.batch_size], device).to(dtype)
+        maps = module(x, torch.arange(s, s + len(x), device=device))
+        out.append(reduce(x.float(), maps.float()).double().cpu().numpy())
+    return np.concatenate(out)
+
+
 def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, good: np.ndarray,
                 scoring: tuple[str, dict[str, float]]) -> tuple[str, dict[str, float]]:
     """The reduction with what it learns from good images (uint8) added, unless given: `map_topk_or_mean`'s scale
@@ -596,10 +612,18 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
     scoring = fit_scoring(model, settings, dtype, images[split.val_idx], scoring)
     score = _scorer(model, settings, dtype, scoring)
     val_scores = score(images[split.val_idx])
-    # a bank holds the trained-on images' own patches, so they score low: the held-out images alone set it
-    joins = settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES
-    seen = score(images[split.train_idx]) if joins else np.zeros(0)
+    seen, shift = np.zeros(0), None
+    if settings.threshold_from == "auto" and settings.family in BANK_FAMILIES and len(split.train_idx) > 1:
+        # a bank holds the trained-on images' own patches: each is scored without them, as if held out, at the
+        # held-out images' median (their level differs a little, their tail is ten times as many images')
+        seen, shift = calibrate.to_median(_left_out_scores(model, settings, dtype, images[split.train_idx], scoring),
+                                          val_scores)
+    elif settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES:
+        seen = score(images[split.train_idx])
     threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
+    if shift is not None and len(calibrated) > len(val_scores):  # pooled: the held-out check let them join
+        threshold.details["trained_on_scored"] = ("each without its own patches in the bank, moved by "
+                                                  f"{shift:+.4g} to the held-out images' median")
     threshold.details["arithmetic"] = precision_name(dtype)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
     meta = _meta(split, settings, hparams, scoring, threshold, calibrate.good_stats(calibrated), out, device, {

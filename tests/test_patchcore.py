@@ -9,14 +9,24 @@ import pytest
 import structlog
 import torch
 
-from inspector import evaluate
+from inspector import calibrate, evaluate
 from inspector.artifact import load_artifact
 from inspector.backbone import LiteTrunk, block_stride, load_pretrained, pretrained_file
 from inspector.cli import main
+from inspector.device import resolve_dtype
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, build_model
-from inspector.patchcore import coreset, radii
-from inspector.train import TrainSettings, _fit_one, _question_scorer, fit, load_split, mean_scale, score_for
+from inspector.patchcore import build_bank, coreset, radii, whitening
+from inspector.train import (
+    TrainSettings,
+    _fit_one,
+    _left_out_scores,
+    _question_scorer,
+    fit,
+    load_split,
+    mean_scale,
+    score_for,
+)
 from inspector.worker import trace
 from tests.test_draem import SIZE, _paint_defects, _parts
 
@@ -43,6 +53,8 @@ def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_mo
     assert params["mean_gain"] > 0.0, params  # the whole map's mean, brought to that scale on the held-out images
     assert art.meta.hparams["bank"] == 200 and art.meta.training["stopped_by"] == "bank"
     assert art.meta.hparams["density"] == 8 and float(art.module.radius.min()) > 0.0  # type: ignore[union-attr]
+    transform = art.module.transform  # type: ignore[union-attr]
+    assert art.meta.hparams["whiten"] == 0.5 and not torch.allclose(transform, torch.eye(len(transform)))
     assert art.meta.training["history"][0]["patches"] == 36 * 16  # 36 training parts, a 4x4 grid each at 64 px
     good = _parts(tmp_path / "good", 16, seed=1)
     bad = _paint_defects(_parts(tmp_path / "bad", 16, seed=2), seed=3)
@@ -66,8 +78,8 @@ def test_patchcore_traces_as_the_daemon_runs_it(patchcore_model: Path, dtype: to
 
 
 def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`inspector train --family patchcore` reports the bank, not epochs; the threshold comes from the held-out images
-    alone, without the all-images check (the bank holds the trained-on images' patches); bad layers exit 2."""
+    """`inspector train --family patchcore` reports the bank, not epochs; the threshold comes from the held-out and
+    the trained-on images, these scored without their own patches in the bank; bad layers exit 2."""
     _parts(tmp_path / "data", 24, seed=0)
     out = tmp_path / "m"
     common = ["train", "--data", str(tmp_path / "data"), "--size", str(SIZE), "--family", "patchcore", "--quiet"]
@@ -78,7 +90,9 @@ def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsy
     assert "score     map_topk_or_mean (top_percent 56.25, mean_gain 0, mean_shift 0);" in printed, printed
     meta = load_artifact(out).meta
     assert meta.hparams["layers"] == "7,10" and meta.hparams["bank"] == 50
-    assert meta.threshold.details["calibrated_on"] == "2 held-out training images"
+    assert meta.threshold.details["calibrated_on"] == "24 good training images (22 trained on, 2 held out)"
+    assert "without its own patches in the bank" in meta.threshold.details["trained_on_scored"]
+    assert "threshold" in printed and "24 good training images" in printed
     assert main([*common, "--out", str(tmp_path / "bad"), "--hparam", "layers=ten"]) == 2
     assert "block numbers such as 10,14" in capsys.readouterr().err
 
@@ -137,6 +151,83 @@ def test_density_divides_each_distance_by_its_nearest_bank_vectors_radius() -> N
                                    atol=1e-4)
     with pytest.raises(ValueError, match="density"):
         build_model("patchcore", 1, SIZE, SIZE, density=-1)
+
+
+def test_whiten_measures_distances_in_the_spread_of_good_patches() -> None:
+    """`whitening` maps vectors so that their covariance, shrunk toward its mean variance by 1 - strength, becomes
+    that mean variance times the identity (strength 1: every direction equally spread; 0: the identity map). A model
+    with `whiten` measures each patch's distance to the bank after that map, and keeps the map in its saved state;
+    one without has no map there. `build_bank` fits the map on the training patches and fills the bank with
+    mapped ones, so a training image's own patches lie at (almost) no distance."""
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.tensor([5.0, 1.0, 0.2, 0.05])
+    vectors = torch.randn(20000, 4, generator=gen) * spread + 3.0
+    level = float((spread**2).mean())
+    full = vectors @ whitening(vectors, 1.0)
+    torch.testing.assert_close(torch.cov(full.t()), level * torch.eye(4), rtol=0.05, atol=0.05 * level)
+    half = torch.cov((vectors @ whitening(vectors, 0.5)).t())  # C_w = C / 2 + level I / 2, so level C / C_w
+    torch.testing.assert_close(half, torch.diag(level * spread**2 / (0.5 * spread**2 + 0.5 * level)), rtol=0.05,
+                               atol=0.05 * level)
+    torch.testing.assert_close(whitening(vectors, 0.0), torch.eye(4), rtol=1e-4, atol=1e-4)
+    model = build_model("patchcore", 1, SIZE, SIZE, bank=100, whiten=0.5).eval()
+    plain = build_model("patchcore", 1, SIZE, SIZE, bank=100).eval()
+    assert "transform" in model.state_dict() and "transform" not in plain.state_dict()
+    load_pretrained(model.trunk)
+    model.bank = torch.randn(100, model.dims, generator=gen)
+    model.transform = torch.randn(model.dims, model.dims, generator=gen) / model.dims**0.5
+    x = torch.rand(2, 1, SIZE, SIZE, generator=gen)
+    with torch.no_grad():
+        patches = model.features(x).permute(0, 2, 3, 1).reshape(2, -1, model.dims) @ model.transform
+        expected_d = torch.cdist(patches, model.bank[None].expand(2, -1, -1)).min(-1).values.reshape(2, 1, *model.grid)
+        torch.testing.assert_close(model.distances(x), expected_d, rtol=1e-4, atol=1e-4)
+        images = (torch.rand(6, 1, SIZE, SIZE, generator=gen) * 255).to(torch.uint8)
+        build_bank(model, images, images, 10**6, 4)  # every patch kept
+        assert not torch.allclose(model.transform, torch.eye(model.dims))
+        assert float(model.distances(images.float() / 255).max()) < 1e-2 * float(model.bank.norm(dim=1).median())
+    with pytest.raises(ValueError, match="whiten"):
+        build_model("patchcore", 1, SIZE, SIZE, whiten=1.5)
+
+
+def test_trained_on_images_are_scored_without_their_own_patches_for_the_threshold(tmp_path: Path) -> None:
+    """A bank holds its training images' own patches, so they would read as perfectly good. For the threshold each is
+    scored with the bank vectors taken from it left out (`exclude`): with every patch kept, its distances are those
+    to the other images' patches (cdist). Training pools those scores, moved to the held-out images' median
+    (`calibrate.to_median`), with the held-out ones, and the threshold rejects about the target share of them."""
+    gen = torch.Generator().manual_seed(0)
+    model = build_model("patchcore", 1, SIZE, SIZE, bank=0, density=0).eval()
+    load_pretrained(model.trunk)
+    images = (torch.rand(5, 1, SIZE, SIZE, generator=gen) * 255).to(torch.uint8)
+    build_bank(model, images, images, 10**6, 2)  # every patch of the 5 images is a bank vector
+    cells = model.grid[0] * model.grid[1]
+    assert model.bank_owner.tolist() == [i // cells for i in range(5 * cells)]
+    x = images.float() / 255
+    with torch.no_grad():
+        own = model.distances(x)
+        left_out = model.distances(x, torch.arange(5))
+        patches = model.features(x).permute(0, 2, 3, 1).reshape(5, cells, model.dims)
+    assert float(own.max()) < 1e-2 * float(left_out.min())
+    for i in range(5):
+        others = torch.cat([patches[j] for j in range(5) if j != i])
+        expected = torch.cdist(patches[i], others).min(-1).values.reshape(1, *model.grid)
+        torch.testing.assert_close(left_out[i], expected, rtol=1e-3, atol=1e-3)
+    shifted, shift = calibrate.to_median(np.array([1.0, 2.0, 9.0]), np.array([0.0, 0.5, 1.0]))
+    assert shift == -1.5 and shifted.tolist() == [-0.5, 0.5, 7.5]
+
+    _parts(tmp_path / "data" / "good", 60, seed=0)
+    settings = TrainSettings(family="patchcore", height=SIZE, width=SIZE, hparams={"bank": 200}, device="cpu",
+                             val_fraction=0.2, max_minutes=None)
+    split = load_split(tmp_path / "data", settings)
+    fitted = _fit_one(split, settings, tmp_path / "m")
+    th = fitted.meta["threshold"]
+    assert th.details["calibrated_on"] == "60 good training images (48 trained on, 12 held out)"
+    train_images, held = split.data.images[split.train_idx], fitted.val_scores
+    dtype = resolve_dtype("auto", torch.device("cpu"), ANOMALY_MAP)
+    scoring = (fitted.meta["score"]["reduction"], fitted.meta["score"]["params"])
+    left_out = _left_out_scores(fitted.model, settings, dtype, train_images, scoring)
+    assert float(np.median(fitted.score(train_images))) < float(np.median(left_out))  # in the bank: too quiet
+    pooled, _ = calibrate.to_median(left_out, held)
+    assert th.value == calibrate.all_good_quantile(held, pooled, 0.01)[0].value
+    assert np.count_nonzero(np.concatenate([held, pooled]) >= th.value) == 0  # floor(1 % of 60): none rejected
 
 
 def test_the_family_question_asks_patchcore_with_its_plain_distances(tmp_path: Path) -> None:
