@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from . import calibrate
-from .artifact import Artifact, save_artifact
+from .artifact import Artifact, ThresholdSpec, save_artifact
 from .backbone import load_pretrained
 from .choose import PROBE_IMAGES, choose, separation
 from .dataset import ImageSet, load_folder, training_folder
@@ -452,13 +452,19 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
                                               MIN_BUDGET_SHARE * settings.max_minutes)
         one = settings.model_copy(update={"family": family, "max_minutes": budget})
         started = time.monotonic()
-        fitted[family] = _fit_one(split, one, out, progress, budget_started)
+        fitted[family] = _fit_one(split, one, out, progress, budget_started, left_out=False)
         asking = time.monotonic()
         asked[family] = separation(_question_scorer(fitted[family], one, held_out), held_out)
         question = time.monotonic() - asking
         seconds[family], seconds[f"{family} question"] = round(asking - started, 2), round(question, 2)
     chosen = choose(asked, AUTO_PREFERRED, AUTO_MARGIN)
     best = fitted[chosen]
+    if chosen in BANK_FAMILIES:  # its trained-on images are scored without their own patches only now, for the
+        kept = settings.model_copy(update={"family": chosen})  # kept model: draem trained in that time
+        dtype = resolve_dtype("auto", resolve_device(settings.device), output_kind(chosen))
+        scoring = (best.meta["score"]["reduction"], best.meta["score"]["params"])
+        threshold, calibrated = _threshold(best.model, split, kept, dtype, scoring, best.score, best.val_scores)
+        best.meta.update(threshold=threshold, calibration=calibrate.good_stats(calibrated))
     best.meta["training"]["family_choice"] = {
         "chosen": chosen, "separation": asked, "preferred": AUTO_PREFERRED, "margin": AUTO_MARGIN,
         "seconds": seconds, "asked": min(int(len(split.val_idx)), PROBE_IMAGES),
@@ -565,7 +571,7 @@ def _spread_match(target: np.ndarray, reading: np.ndarray) -> tuple[float, float
 
 
 def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
-             budget_started: float | None = None) -> _Fitted:
+             budget_started: float | None = None, left_out: bool = True) -> _Fitted:
     """Train on the split, keep the best validation checkpoint, calibrate (`settings.threshold_from`).
 
     The time budget (`settings.max_minutes`) runs from `budget_started` (a `time.monotonic()` reading; default:
@@ -575,7 +581,8 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
     With `defect_size` auto (draem), training asks the held-out good images after min_steps / SIZE_CHECK_SHARE
     steps whether the part looks the same to the model at half size. If it does, training starts again from
     scratch with defects up to the image's size, so the model is the one `defect_size` image trains (the first
-    steps cost about a sixth of the default training); if not, it goes on with crop-sized defects."""
+    steps cost about a sixth of the default training); if not, it goes on with crop-sized defects. `left_out`
+    False: a bank family's threshold from the held-out images alone, for now (`_fit_auto` pools the kept one's)."""
     started = time.monotonic()
     device = resolve_device(settings.device)
     images = split.data.images
@@ -612,19 +619,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
     scoring = fit_scoring(model, settings, dtype, images[split.val_idx], scoring)
     score = _scorer(model, settings, dtype, scoring)
     val_scores = score(images[split.val_idx])
-    seen, shift = np.zeros(0), None
-    if settings.threshold_from == "auto" and settings.family in BANK_FAMILIES and len(split.train_idx) > 1:
-        # a bank holds the trained-on images' own patches: each is scored without them, as if held out, at the
-        # held-out images' median (their level differs a little, their tail is ten times as many images')
-        seen, shift = calibrate.to_median(_left_out_scores(model, settings, dtype, images[split.train_idx], scoring),
-                                          val_scores)
-    elif settings.threshold_from == "auto" and settings.family not in BANK_FAMILIES:
-        seen = score(images[split.train_idx])
-    threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
-    if shift is not None and len(calibrated) > len(val_scores):  # pooled: the held-out check let them join
-        threshold.details["trained_on_scored"] = ("each without its own patches in the bank, moved by "
-                                                  f"{shift:+.4g} to the held-out images' median")
-    threshold.details["arithmetic"] = precision_name(dtype)
+    threshold, calibrated = _threshold(model, split, settings, dtype, scoring, score, val_scores, left_out)
     size_chosen = trained.size_chosen or (defect_size_unasked(size_check) if size_check else None)
     meta = _meta(split, settings, hparams, scoring, threshold, calibrate.good_stats(calibrated), out, device, {
         "precision": "bf16" if trained.mixed else "fp32", "seconds": round(train_seconds, 2),
@@ -634,6 +629,29 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         **({"defect_size": size_chosen} if size_chosen else {}),
     })
     return _Fitted(model, meta, trained, val_scores, score)
+
+
+def _threshold(model: nn.Module, split: Split, settings: TrainSettings, dtype: torch.dtype,
+               scoring: tuple[str, dict[str, float]], score: Callable[[np.ndarray], np.ndarray],
+               val_scores: np.ndarray, left_out: bool = True) -> tuple[ThresholdSpec, np.ndarray]:
+    """The threshold (`settings.threshold_from`) and the good scores it was set on. With auto the trained-on images
+    join the held-out ones (`calibrate.all_good_quantile`); a bank holds their own patches, so for a bank family
+    (with `left_out`) each is scored without them, as if held out, at the held-out images' median: their level
+    differs a little, their tail is ten times as many images' (docs/quality.md, row 135)."""
+    images = split.data.images
+    seen, shift = np.zeros(0), None
+    bank = settings.family in BANK_FAMILIES
+    if settings.threshold_from == "auto" and bank and left_out and len(split.train_idx) > 1:
+        seen, shift = calibrate.to_median(_left_out_scores(model, settings, dtype, images[split.train_idx], scoring),
+                                          val_scores)
+    elif settings.threshold_from == "auto" and not bank:
+        seen = score(images[split.train_idx])
+    threshold, calibrated = calibrate.all_good_quantile(val_scores, seen, settings.target_false_reject)
+    if shift is not None and len(calibrated) > len(val_scores):  # pooled: the held-out check let them join
+        threshold.details["trained_on_scored"] = ("each without its own patches in the bank, moved by "
+                                                  f"{shift:+.4g} to the held-out images' median")
+    threshold.details["arithmetic"] = precision_name(dtype)
+    return threshold, calibrated
 
 
 def _train(split: Split, settings: TrainSettings, hparams: dict[str, Any], device: torch.device, deadline: float,

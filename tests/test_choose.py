@@ -96,5 +96,13 @@ def test_train_by_default_fits_both_families_and_keeps_the_one_it_chose(
     art = load_artifact(out)
     assert art.meta.family == choice["chosen"] and art.meta.hparams == meta["hparams"]
     assert np.isfinite(score_artifact(art, _parts_array(4), torch.device("cpu")).scores["score"]).all()
+    # a kept patchcore's threshold pools its trained-on images, scored without their own patches after the choice,
+    # as `--family patchcore` alone pools them; a kept draem's pools them as draem does
+    alone = tmp_path / "alone"
+    assert main([*common, "--out", str(alone), "--family", choice["chosen"]]) == 0
+    threshold = json.loads((alone / "model.json").read_text())["threshold"]
+    assert meta["threshold"]["value"] == threshold["value"]
+    assert meta["threshold"]["details"]["calibrated_on"] == threshold["details"]["calibrated_on"]
+    assert meta["threshold"]["details"]["calibrated_on"].startswith("24 good training images")
     assert main([*common, "--out", str(tmp_path / "n"), "--hparam", "bank=50"]) == 2
     assert "--family patchcore or draem with --hparam" in capsys.readouterr().err
