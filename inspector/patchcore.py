@@ -172,7 +172,8 @@ def build_bank(model: PatchCore, train: torch.Tensor, held_out: torch.Tensor, si
         # rounded to the daemon's arithmetic first, so that training and the daemon map patches alike
         model.transform = whitening(vectors, model.whiten).to(dtype).float().to(model.scale.device)
         run.transform = model.transform.to(dtype)
-        vectors = torch.cat([v @ model.transform.cpu() for v in vectors.split(65536)])
+        for v in vectors.split(65536):  # in place: no second copy of all the patches
+            v.copy_(v @ model.transform.cpu())
     chosen = coreset(vectors, size)
     model.bank = vectors[chosen].contiguous().to(model.scale.device)
     run.bank = model.bank.to(dtype)  # the same bank in the copy, as the daemon's cast gives it
