@@ -416,6 +416,8 @@ class _Fitted:
     trained: _Trained
     val_scores: np.ndarray
     score: Callable[[np.ndarray], np.ndarray]  # its scores of uint8 images, as calibration computed them (`_scorer`)
+    dtype: torch.dtype  # the arithmetic they were computed in (the daemon's)
+    scoring: tuple[str, dict[str, float]]  # the reduction they read, with its fitted parameters
 
 
 def fit(split: Split, settings: TrainSettings, out: Path, progress: bool = False,
@@ -461,9 +463,8 @@ def _fit_auto(split: Split, settings: TrainSettings, out: Path, progress: bool,
     best = fitted[chosen]
     if chosen in BANK_FAMILIES:  # its trained-on images are scored without their own patches only now, for the
         kept = settings.model_copy(update={"family": chosen})  # kept model: draem trained in that time
-        dtype = resolve_dtype("auto", resolve_device(settings.device), output_kind(chosen))
-        scoring = (best.meta["score"]["reduction"], best.meta["score"]["params"])
-        threshold, calibrated = _threshold(best.model, split, kept, dtype, scoring, best.score, best.val_scores)
+        threshold, calibrated = _threshold(best.model, split, kept, best.dtype, best.scoring, best.score,
+                                           best.val_scores)
         best.meta.update(threshold=threshold, calibration=calibrate.good_stats(calibrated))
     best.meta["training"]["family_choice"] = {
         "chosen": chosen, "separation": asked, "preferred": AUTO_PREFERRED, "margin": AUTO_MARGIN,
@@ -482,8 +483,7 @@ def _question_scorer(fitted: _Fitted, settings: TrainSettings,
     model = fitted.model
     if not getattr(model, "density", 0):
         return fitted.score
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype("auto", device, output_kind(settings.family))
+    device, dtype = resolve_device(settings.device), fitted.dtype
     plain = plain_distances(cast(Any, model), to_tensor(held_out, device, 1.0).to(torch.uint8), settings.batch_size,
                             dtype)
     return _scorer(plain, settings, dtype, fit_scoring(plain, settings, dtype, held_out, score_for(settings)))
@@ -628,7 +628,7 @@ def _fit_one(split: Split, settings: TrainSettings, out: Path, progress: bool = 
         "history": trained.history, **({"scales": scales_chosen} if scales_chosen else {}),
         **({"defect_size": size_chosen} if size_chosen else {}),
     })
-    return _Fitted(model, meta, trained, val_scores, score)
+    return _Fitted(model, meta, trained, val_scores, score, dtype, scoring)
 
 
 def _threshold(model: nn.Module, split: Split, settings: TrainSettings, dtype: torch.dtype,
