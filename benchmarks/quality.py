@@ -57,7 +57,7 @@ from inspector.model import VIEWS, check_scales  # noqa: E402
 from inspector.preprocess import Fit, resize  # noqa: E402
 from inspector.scales import choose_scales  # noqa: E402
 from inspector.scoring import Reduction  # noqa: E402
-from inspector.worker import trace  # noqa: E402
+from inspector.worker import compiled  # noqa: E402
 
 PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column of the maps (plenty of pixels, 4x faster)
 
@@ -85,13 +85,13 @@ def ground_truth(root: Path, image: Path, height: int, width: int, fit: Fit = "s
 
 def frames_per_second(module: torch.nn.Module, reduce: Reduction, channels: int, height: int, width: int,
                       batch: int = 8, seconds: float = 5.0, output: str = "anomaly_map") -> float:
-    """Model forward plus score reduction on the CPU, as the daemon's worker runs them (TorchScript, in the
+    """Model forward plus score reduction on the CPU, as the daemon's worker runs them (`worker.compiled`, in the
     arithmetic its default `precision = "auto"` picks for the model's output: bf16 for an anomaly map where the
     CPU computes it natively, else fp32)."""
     dtype = resolve_dtype("auto", torch.device("cpu"), output)
     x = torch.rand(batch, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
     module = copy.deepcopy(module).eval().to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
-    model = trace(module, x, None)
+    model = compiled(module, x, None)
     with torch.inference_mode():
         for _ in range(3):
             reduce(x.float(), model(x).float())

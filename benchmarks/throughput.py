@@ -35,13 +35,13 @@ from inspector.device import resolve_device, resolve_dtype  # noqa: E402
 from inspector.logs import configure_logging  # noqa: E402
 from inspector.service import Service  # noqa: E402
 from inspector.threads import in_own_thread  # noqa: E402
-from inspector.worker import trace  # noqa: E402
+from inspector.worker import compiled  # noqa: E402
 
 
 def bare_forward(model_dir: Path, batch: int, device_name: str, precision: str, seconds: float,
                  jit: bool = True) -> float:
-    """Frames/s of the model's forward pass alone, input resident on the device; with jit, the same TorchScript
-    module the daemon runs."""
+    """Frames/s of the model's forward pass alone, input resident on the device; with jit, the same module the
+    daemon runs (`worker.compiled`: TorchScript, or a family that fuses itself as it is)."""
     art = load_artifact(model_dir)
     device = resolve_device(device_name)
     dtype = resolve_dtype(precision, device, art.meta.output)
@@ -52,7 +52,7 @@ def bare_forward(model_dir: Path, batch: int, device_name: str, precision: str, 
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if jit:
-        model = trace(model, x, None)
+        model = compiled(model, x, None)
     with torch.inference_mode():
         for _ in range(5):
             model(x)

@@ -108,6 +108,9 @@ class LiteTrunk(nn.Module):
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
         self._blocks = nn.ModuleList([MBConv(*spec) for spec in BLOCKS[:taps[-1] + 1]])
 
+    def extra_repr(self) -> str:
+        return f"taps={self.taps}"
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # x: (B, 3, H, W) normalised to about [-1, 1]
         x = F.relu6(conv_bn(self._conv_stem, self._bn0, x))
         out: list[torch.Tensor] = []

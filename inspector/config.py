@@ -177,7 +177,8 @@ class WorkerConfig(Section):
     )
     max_batch: int = Field(
         8, ge=1, le=1024, description="Most frames run through the model at once (on CUDA with `jit`, a batch is "
-                                      "padded up to a power of two or max_batch, each size compiled at start-up).")
+                                      "padded up to a power of two or max_batch, each size compiled at start-up; "
+                                      "for patchcore on the CPU, to every size up to 8, then the same).")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for a batch to fill after its first frame.")
     deadline_ms: float = Field(
         1000.0, gt=0, description="A verdict not publishable within this time of capture becomes the fail-safe one."
@@ -187,7 +188,8 @@ class WorkerConfig(Section):
         True,
         description="Trace and freeze the model with TorchScript at start-up: the forward runs without returning "
         "to Python between layers (faster, less disturbed by the capture threads); falls back to eager on failure "
-        "(TorchScript is deprecated by PyTorch but present in 2.x).",
+        "(TorchScript is deprecated by PyTorch but present in 2.x). patchcore on the CPU is not traced whole: its "
+        "trunk runs oneDNN-fused with or without `jit`, as training calibrated it.",
     )
     drain_timeout_s: float = Field(5.0, ge=0, description="At shutdown, how long to keep inspecting buffered frames.")
 

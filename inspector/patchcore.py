@@ -12,19 +12,21 @@ factor, as in LOF; docs/quality.md, row 133). With `whiten` w > 0, distances are
 fitted on the training patches, which divides each direction of the patch space by its spread among good patches
 (w = 1: full whitening, the Mahalanobis distance of one covariance over all patches; w < 1: the covariance shrunk
 toward its mean variance by 1 - w): a step along a direction in which good patches hardly vary counts for more
-than one along their usual variation (row 134). Imports only torch.
+than one along their usual variation (row 134). On the CPU the trunk runs through oneDNN-fused TorchScript
+(`inspector.fused`, row 136), the same in training, evaluation and the daemon. Imports only torch.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import LiteTrunk, block_channels, block_stride
+from .fused import fused_call, traced_unfused
 
 PROJECTION_DIMS = 128  # the coreset selection compares patches in a random projection this wide
 PROJECTION_SEED = 0
@@ -36,6 +38,9 @@ class PatchCore(nn.Module):
     bank: torch.Tensor
     radius: torch.Tensor
     scale: torch.Tensor
+    # its trunk runs oneDNN-fused on the CPU (`inspector.fused`): the worker calls it as it is there, since a
+    # trace would record the unfused trunk, whose numbers training did not calibrate on
+    fused_on_cpu = True
 
     def __init__(self, channels: int, height: int, width: int, layers: Sequence[int] | str | int = (10, 14),
                  pool: int = 3, bank: int = 0, density: int = 0, whiten: float = 0.0) -> None:
@@ -70,9 +75,17 @@ class PatchCore(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Patch vectors (B, dims, grid_h, grid_w) of a batch in [0, 1]."""
+        return self.patches(self.trunk_maps(x))
+
+    def trunk_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped blocks' outputs for a batch in [0, 1]: on the CPU through the fused trunk (the same fused
+        kernels in training, evaluation and the daemon)."""
         x = x * (255.0 / 128.0) - (127.5 / 128.0)  # the range the weights were trained on
         x = x.expand(-1, 3, -1, -1) if self.channels == 1 else x.flip(1)  # BGR frames, RGB weights
-        maps = self.trunk(x)
+        return fused_call(self.trunk, x)
+
+    def patches(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The tapped maps averaged over `pool` x `pool` cells, on the finest tap's grid, stacked."""
         out = []
         for m in maps:
             # zeros counted at the border (PatchCore does the same): excluding them cost magnetic_tile 0.03 AUROC
@@ -86,7 +99,11 @@ class PatchCore(nn.Module):
         """Each patch's distance to its nearest bank vector (B, 1, grid_h, grid_w), float32. With `exclude` (B,),
         the training images' numbers (their rows in the images `build_bank` took), each frame's nearest vector is
         sought among those not taken from that image (`bank_owner`): its score as if it had been held out."""
-        f = self.features(x).float()
+        return self.nearest(self.features(x), exclude)
+
+    def nearest(self, f: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """`distances` of the patch vectors f (B, dims, grid_h, grid_w)."""
+        f = f.float()
         b, d, h, w = f.shape
         p = f.permute(0, 2, 3, 1).reshape(b * h * w, d)
         if self.whiten:
@@ -110,8 +127,47 @@ class PatchCore(nn.Module):
 
     def forward(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """The anomaly map (B, 1, H, W), float32, of a batch (B, C, H, W); `exclude`: see `distances`."""
-        d = F.interpolate(self.distances(x, exclude), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.from_maps(x, self.trunk_maps(x), exclude)
+
+    def from_maps(self, x: torch.Tensor, maps: list[torch.Tensor], exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` of the batch x whose trunk maps are `maps`."""
+        d = F.interpolate(self.nearest(self.patches(maps), exclude), size=x.shape[-2:], mode="bilinear",
+                          align_corners=False)
         return d / (d + self.scale.float())
+
+    def fused_run(self) -> FusedRun:
+        """The model as the CPU worker runs it (`FusedRun`)."""
+        return FusedRun(self)
+
+
+class FusedRun(nn.Module):
+    """patchcore as the CPU worker runs it: the trunk through its fused copy (`fused_call`), and all that follows
+    it as one frozen TorchScript call per input shape, traced unfused, so the eager model's numbers, which training
+    calibrates on. Two calls out of Python a batch instead of some thirty: on return from each the worker waits for
+    Python's lock, which the capture and publishing threads hold in turn (docs/quality.md, row 136)."""
+
+    def __init__(self, model: PatchCore) -> None:
+        super().__init__()
+        self.model = model
+        self._heads: dict[tuple[int, ...], Callable[..., torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.model.trunk_maps(x)
+        head = self._heads.get(tuple(x.shape))
+        if head is None:
+            head = self._heads[tuple(x.shape)] = traced_unfused(_Head(self.model), (x, *maps))
+        return head(x, *maps)
+
+
+class _Head(nn.Module):
+    """`PatchCore.from_maps` as a module's forward, for tracing."""
+
+    def __init__(self, model: PatchCore) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        return self.model.from_maps(x, list(maps))
 
 
 def footprint_percent(height: int, width: int, layers: Sequence[int] | str | int = (10, 14), pool: int = 3) -> float:

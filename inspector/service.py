@@ -181,7 +181,7 @@ class Service:
         t0 = time.perf_counter()
         scorer.warm_up()
         self._log.info("model warmed up", model=artifact.label, device=str(self._device), dtype=str(dtype),
-                       torchscript=scorer.traced, threshold=threshold, reduction=name,
+                       torchscript=scorer.traced, fused=scorer.fused, threshold=threshold, reduction=name,
                        seconds=round(time.perf_counter() - t0, 3))
         scorer.reduction_name = name
         cal = artifact.meta.calibration  # valid only for the reduction it was computed with

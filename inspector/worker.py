@@ -40,13 +40,16 @@ class Scorer:
         model = artifact.module.to(device=device, dtype=dtype).eval()
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model = trace(model, self._example(max_batch), log) if jit else model
-        self.traced = self.model is not model
+        self.fused = fuses_itself(model, device)
+        self.model = compiled(model, self._example(max_batch), log) if jit else model
+        self.traced = self.model is not model and not self.fused
         self.max_batch = max_batch
         # TorchScript on CUDA compiles a graph per input shape on first sight (50-250 ms each, measured on an
-        # H100): long enough to overflow a ring. So batches there are padded up to a few fixed sizes, all
-        # compiled by warm_up(); on the CPU a new shape costs a few ms and batches run at their own size.
-        self.buckets = batch_buckets(max_batch) if self.traced and device.type == "cuda" else None
+        # H100), and a fused CPU family about a second a shape: long enough to overflow a ring. So batches there
+        # are padded up to a few fixed sizes (for a fused family every size up to 8, then powers of two), all
+        # compiled by warm_up(); an unfused trace on the CPU takes a new shape in a few ms, at the batch's size.
+        self.buckets = (batch_buckets(max_batch) if self.traced and device.type == "cuda"
+                        else fused_buckets(max_batch) if self.fused else None)
         shape = (max_batch, self.height, self.width) + ((3,) if self.channels == 3 else ())
         pin = device.type == "cuda"
         self.host = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)  # preallocated input staging
@@ -84,9 +87,10 @@ class Scorer:
 
     def warm_up(self) -> None:
         """Run the model on blank batches so that the first real frame pays no start-up cost: on CUDA every
-        padded size three times (TorchScript profiles a shape, then optimises it), else max_batch and 1."""
+        padded size three times (TorchScript profiles a shape, then optimises it), a fused family's sizes once
+        each (`fused_call` compiles and runs them), else max_batch and 1."""
         self.host_np[...] = 0
-        for n in self.buckets * 3 if self.buckets else (self.max_batch, 1):
+        for n in self.buckets if self.fused else self.buckets * 3 if self.buckets else (self.max_batch, 1):
             self.scores(n)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -95,6 +99,24 @@ class Scorer:
 def batch_buckets(max_batch: int) -> list[int]:
     """The batch sizes a padded batch can have: powers of two below max_batch, and max_batch."""
     return [b for b in (2**i for i in range(max_batch.bit_length())) if b < max_batch] + [max_batch]
+
+
+def fused_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a fused family's padded batch can have: every size up to 8, then `batch_buckets`'."""
+    return [b for b in range(1, min(max_batch, 8) + 1)] + [b for b in batch_buckets(max_batch) if b > 8]
+
+
+def fuses_itself(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the model runs oneDNN-fused on this device by itself (patchcore on the CPU: `inspector.fused`)."""
+    return device.type == "cpu" and bool(getattr(model, "fused_on_cpu", False))
+
+
+def compiled(model: torch.nn.Module, example: torch.Tensor, log: Any) -> torch.nn.Module:
+    """The model as the worker runs it with `jit`: where it fuses itself, its own fused run (`fused_run()`; a trace
+    of it whole would record it unfused, in numbers training did not calibrate on), else traced and frozen."""
+    if fuses_itself(model, example.device):
+        return model.fused_run()  # type: ignore[operator,no-any-return]
+    return trace(model, example, log)
 
 
 def trace(model: torch.nn.Module, example: torch.Tensor, log: Any) -> torch.nn.Module:

@@ -13,7 +13,7 @@ from inspector import calibrate, evaluate
 from inspector.artifact import load_artifact
 from inspector.backbone import LiteTrunk, block_stride, load_pretrained, pretrained_file
 from inspector.cli import main
-from inspector.device import resolve_dtype
+from inspector.device import precision_name, resolve_dtype
 from inspector.inference import score_artifact
 from inspector.model import ANOMALY_MAP, build_model
 from inspector.patchcore import build_bank, coreset, radii, whitening
@@ -27,7 +27,7 @@ from inspector.train import (
     mean_scale,
     score_for,
 )
-from inspector.worker import trace
+from inspector.worker import Scorer, trace
 from tests.test_draem import SIZE, _paint_defects, _parts
 
 
@@ -65,8 +65,27 @@ def test_patchcore_fitted_on_good_parts_separates_generated_defects(patchcore_mo
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_daemon_scores_as_training_calibrated(patchcore_model: Path, dtype: torch.dtype) -> None:
+    """On the CPU the worker runs patchcore as it is, its trunk fused (not a trace of it unfused), padding each
+    batch to a compiled size; its scores are the offline tools' and training's to the last bit, in fp32 and bf16."""
+    art = load_artifact(patchcore_model)
+    images = _parts(patchcore_model.parent / f"daemon-{dtype}", 5, seed=4)
+    offline = score_artifact(art, images, torch.device("cpu"), batch_size=32, precision=precision_name(dtype))
+    scorer = Scorer(load_artifact(patchcore_model), art.reduction(), art.meta.threshold.value, torch.device("cpu"),
+                    dtype, 4, jit=True)
+    assert scorer.fused and not scorer.traced and scorer.buckets == [1, 2, 3, 4]
+    scorer.warm_up()
+    daemon = []
+    for batch in (images[:3], images[3:]):  # 3 and 2 frames: padded to no size, scored at their own
+        scorer.host_np[:len(batch)] = batch
+        daemon += scorer.scores(len(batch))
+    np.testing.assert_array_equal(np.array(daemon), offline.scores["score"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_patchcore_traces_as_the_daemon_runs_it(patchcore_model: Path, dtype: torch.dtype) -> None:
-    """The worker's TorchScript tracing works (no eager fallback), in fp32 and bf16, and the map is in [0, 1)."""
+    """The worker's TorchScript tracing (its CUDA path) works (no eager fallback), in fp32 and bf16, and the map is
+    in [0, 1)."""
     module = load_artifact(patchcore_model).module.to(dtype)
     x = torch.rand(2, 1, SIZE, SIZE).to(dtype)
     traced = trace(module, x, structlog.get_logger())
