@@ -15,6 +15,8 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -23,7 +25,51 @@ from torch import nn
 MAX_MODULES = 4  # weight sets whose compiled copies are kept (a training run makes copies of one model)
 TOLERANCE = 0.02  # largest mean relative difference from the eager output that a fused copy may show
 
-_LOCK = threading.Lock()  # the fuser's switch is global: one compile at a time
+
+
+class Gate:
+    """Many runs at once, or one compile alone. The fuser's switch is global to the process: a TorchScript graph
+    that another thread optimises while a compile has it on (a draem worker meeting a new batch size while a
+    reloaded patchcore model compiles) would be handed to the fuser, which refuses draem's graph with an error."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._closed = False
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """Around a forward pass of a traced module on the CPU: waits while a compile has the fuser on."""
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                if not self._running:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Around a compile: waits for the runs under way to end, and holds new ones (and other compiles) off."""
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._closed = True
+            while self._running:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
+
+
+GATE = Gate()
 _PLANS: OrderedDict[tuple[Any, ...], dict[tuple[Any, ...], Callable[[torch.Tensor], Any]]] = OrderedDict()
 _KEYS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], tuple[Any, ...]]] = weakref.WeakKeyDictionary()
 
@@ -53,7 +99,7 @@ def is_fused(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> b
 def traced_unfused(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[..., Any]:
     """The module traced and frozen for these inputs, run until TorchScript has optimised it with the fuser
     switched off (so the eager module's numbers); the module itself where tracing fails."""
-    with _LOCK, torch.no_grad(), warnings.catch_warnings():
+    with GATE.alone(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         was = torch.jit.onednn_fusion_enabled()
@@ -96,7 +142,7 @@ def _compile(module: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any
     """The module traced, frozen and run until TorchScript's profiling executor has fused it, with the fuser
     switched on for those runs only; the module itself where that fails."""
     example = torch.zeros_like(x)
-    with _LOCK, torch.no_grad(), warnings.catch_warnings():
+    with GATE.alone(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in PyTorch 2.x
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         was = torch.jit.onednn_fusion_enabled()

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from .artifact import Artifact
 from .buffer import FrameRing, collect
 from .config import WorkerConfig
+from .fused import GATE
 from .logs import BurstLog
 from .preprocess import crop, prepare, unfit
 from .scoring import Reduction, heat_map
@@ -70,7 +72,7 @@ class Scorer:
         x = x.unsqueeze(1) if self.channels == 1 else x.permute(0, 3, 1, 2)  # (B, C, H, W)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), GATE.run() if self.traced and self.device.type == "cpu" else nullcontext():
             recon = self.model(x)
             scores = self.reduction(x.float(), recon.float())  # (B,)
         self._last = (x, recon)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 import warnings
 
 import pytest
 import torch
 
 from inspector.backbone import LiteTrunk, load_pretrained
-from inspector.fused import fused_call, is_fused
+from inspector.fused import Gate, fused_call, is_fused
 from inspector.model import build_model
 from inspector.train import DEFAULT_HPARAMS
 from inspector.worker import fused_buckets
@@ -95,3 +97,35 @@ def test_fused_batch_sizes() -> None:
     assert fused_buckets(1) == [1]
     assert fused_buckets(8) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert fused_buckets(20) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 20]
+
+
+def test_a_compile_waits_for_runs_under_way_and_holds_new_ones_off() -> None:
+    """The gate between traced forwards on the CPU and compiles, which switch oneDNN's fuser on for the process."""
+    gate, order = Gate(), []
+    running, compiling = threading.Event(), threading.Event()
+
+    def run(name: str, hold: float) -> None:
+        with gate.run():
+            running.set()
+            time.sleep(hold)
+            order.append(name)
+
+    def compile_() -> None:
+        with gate.alone():
+            compiling.set()
+            time.sleep(0.2)
+            order.append("compile")
+
+    first = threading.Thread(target=run, args=("run 1", 0.2))
+    first.start()
+    running.wait(5)
+    two = threading.Thread(target=compile_)
+    two.start()
+    time.sleep(0.05)
+    assert not compiling.is_set()  # the run under way keeps the compile waiting
+    compiling.wait(5)
+    late = threading.Thread(target=run, args=("run 2", 0.0))
+    late.start()  # begun during the compile: waits for its end
+    for t in (first, two, late):
+        t.join(5)
+    assert order == ["run 1", "compile", "run 2"]
