@@ -38,8 +38,8 @@ class PatchCore(nn.Module):
     bank: torch.Tensor
     radius: torch.Tensor
     scale: torch.Tensor
-    # its trunk runs oneDNN-fused on the CPU (`inspector.fused`): the worker calls it as it is there, since a
-    # trace would record the unfused trunk, whose numbers training did not calibrate on
+    # its trunk runs oneDNN-fused on the CPU (`inspector.fused`): the worker runs its `fused_run()` there, since a
+    # trace of it whole would record the unfused trunk, whose numbers training did not calibrate on
     fused_on_cpu = True
 
     def __init__(self, channels: int, height: int, width: int, layers: Sequence[int] | str | int = (10, 14),
