@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -267,12 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     check_layout(p, args.datasets)
     rows = []
     for root in args.datasets:
+        scratch = None  # a model neither kept nor given: trained into a temporary folder, removed after
         if args.trained:
             out = args.trained / root.name
+        elif args.keep:
+            out = args.keep / root.name
         else:
-            out = (args.keep / root.name) if args.keep else Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-")) / "m"
-        rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views,
-                          seg_views=args.seg_views, scales=args.scales, threshold_from=args.threshold_from))
+            scratch = Path(tempfile.mkdtemp(prefix=f"quality-{root.name}-"))
+            out = scratch / "m"
+        try:
+            rows.append(bench(root, out, extra, trained=args.trained is not None, views=args.views,
+                              seg_views=args.seg_views, scales=args.scales, threshold_from=args.threshold_from))
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; extra train options: {extra or 'none'}")
     print(table(rows))
