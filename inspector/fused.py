@@ -99,22 +99,7 @@ def is_fused(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> b
 def traced_unfused(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[..., Any]:
     """The module traced and frozen for these inputs, run until TorchScript has optimised it with the fuser
     switched off (so the eager module's numbers); the module itself where tracing fails."""
-    with GATE.alone(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        was = torch.jit.onednn_fusion_enabled()
-        torch.jit.enable_onednn_fusion(False)
-        try:
-            traced = torch.jit.freeze(torch.jit.trace(module.eval(), inputs, check_trace=False))
-            for _ in range(2):
-                traced(*inputs)
-        except Exception as exc:  # noqa: BLE001  (an op TorchScript cannot trace: eager still works)
-            warnings.warn(f"tracing {type(module).__name__} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                          "; running it eagerly", RuntimeWarning, stacklevel=2)
-            return module
-        finally:
-            torch.jit.enable_onednn_fusion(was)
-    return traced
+    return _frozen(module, inputs, fuse=False)
 
 
 def _plans_of(module: nn.Module) -> dict[tuple[Any, ...], Callable[[torch.Tensor], Any]]:
@@ -140,24 +125,31 @@ def _plans_of(module: nn.Module) -> dict[tuple[Any, ...], Callable[[torch.Tensor
 
 def _compile(module: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
     """The module traced, frozen and run until TorchScript's profiling executor has fused it, with the fuser
-    switched on for those runs only; the module itself where that fails."""
-    example = torch.zeros_like(x)
+    switched on for those runs only; the module itself where that fails or strays from the eager output."""
+    return _frozen(module, (torch.zeros_like(x),), fuse=True, check=x)
+
+
+def _frozen(module: nn.Module, inputs: tuple[torch.Tensor, ...], fuse: bool,
+            check: torch.Tensor | None = None) -> Callable[..., Any]:
+    """The module traced and frozen for `inputs`, run three times (the first run profiles, the second optimises)
+    with oneDNN's fuser switched on or off for those runs only, under the gate; with `check`, its output for that
+    input compared with the eager one. The module itself, with a warning, where any of it fails."""
     with GATE.alone(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in PyTorch 2.x
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         was = torch.jit.onednn_fusion_enabled()
-        torch.jit.enable_onednn_fusion(True)
+        torch.jit.enable_onednn_fusion(fuse)
         try:
-            plan = torch.jit.freeze(torch.jit.trace(module.eval(), example, check_trace=False))
-            for _ in range(3):  # the first run profiles, the second compiles the fused graph
-                plan(example)
-            stray = _stray(plan(x), module(x))
-            if stray > TOLERANCE:
+            plan = torch.jit.freeze(torch.jit.trace(module.eval(), inputs, check_trace=False))
+            for _ in range(3):
+                plan(*inputs)
+            if check is not None and (stray := _stray(plan(check), module(check))) > TOLERANCE:
                 raise RuntimeError(f"fused output strays {stray:.3g} from the eager one")
-        except Exception as exc:  # noqa: BLE001  (an op the fuser refuses, an old torch: eager still works)
-            warnings.warn(f"oneDNN fusion failed for {type(module).__name__} on {tuple(x.shape)}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; running it unfused",
-                          RuntimeWarning, stacklevel=3)
+        except Exception as exc:  # noqa: BLE001  (an op the fuser or the tracer refuses, an old torch: eager works)
+            shape = tuple(inputs[0].shape)
+            warnings.warn(f"{'oneDNN fusion' if fuse else 'tracing'} failed for {type(module).__name__} on {shape}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; running it "
+                          f"{'unfused' if fuse else 'eagerly'}", RuntimeWarning, stacklevel=4)
             return module
         finally:
             torch.jit.enable_onednn_fusion(was)
