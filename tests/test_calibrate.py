@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -157,3 +158,51 @@ def test_all_good_quantile_without_trained_on_scores_is_the_held_out_quantile() 
     spec, used = calibrate.all_good_quantile(held, np.zeros(0), 0.01)
     assert spec.value == calibrate.good_quantile(held, 0.01).value and used.size == 100
     assert spec.details["calibrated_on"] == "100 held-out training images"
+
+
+
+def _normal_quantiles(n: int, spread: float) -> np.ndarray:
+    """n evenly spaced quantiles of a centred normal distribution: a sample without sampling noise."""
+    dist = NormalDist(0.0, spread)
+    return np.array([dist.inv_cdf((i + 0.5) / n) for i in range(n)])
+
+
+def test_left_out_pool_moves_the_left_out_scores_to_the_held_out_median() -> None:
+    """Left-out scores of the held-out ones' shape but higher: moved down to the held-out median, they join, and
+    the threshold is the pool's quantile."""
+    held, left = _normal_quantiles(76, 1.0), _normal_quantiles(686, 1.0) + 0.4
+    spec, used = calibrate.left_out_pool(held, left, 0.01)
+    moved, shift = calibrate.to_median(left, held)
+    assert shift == pytest.approx(-0.4) and used.size == 762
+    assert spec.value == calibrate.good_quantile(np.concatenate([held, moved]), 0.01).value
+    assert spec.details["trained_on_scored"].endswith("moved by -0.4 to the held-out images' median")
+    assert spec.details["calibrated_on"] == "762 good training images (686 trained on, 76 held out)"
+
+
+def test_left_out_pool_raises_a_refused_threshold_until_the_held_out_check_passes() -> None:
+    """Held-out scores spread 1.6 times as wide as the left-out ones: the pool's threshold rejects 4 of the 76
+    held-out images, which a 1 % rate makes unlikely (p < 0.05). It is raised just far enough for the check to
+    pass (2 rejected, p = 0.18: one image fewer would pass too, one more would not), not to the held-out maximum."""
+    held, left = _normal_quantiles(76, 1.6), _normal_quantiles(686, 1.0)
+    pooled, used = calibrate.all_good_quantile(held, calibrate.to_median(left, held)[0], 0.01)
+    assert used.size == 76 and pooled.details["held_out_rejects"] == 4  # all_good_quantile alone: refused
+    spec, used = calibrate.left_out_pool(held, left, 0.01)
+    top = np.sort(held)[::-1]
+    assert used.size == 762 and top[2] < spec.value <= top[1] + 1e-5  # rejects the two loudest held-out images
+    assert spec.details["held_out_rejects"] == 2 and spec.details["held_out_check_p"] >= calibrate.HELD_OUT_CHECK
+    assert calibrate.binomial_tail(3, 76, 0.01) < calibrate.HELD_OUT_CHECK  # the next lower step is refused
+    both = np.concatenate([held, calibrate.to_median(left, held)[0]])
+    assert spec.details["pooled_threshold"] == calibrate.good_quantile(both, 0.01).value
+    assert spec.details["pooled_threshold"] < spec.value < calibrate.good_quantile(held, 0.01).value
+    assert spec.details["calibrated_on"].endswith("raised until the held-out check passed")
+    assert "rejected 4 of the 76 held-out ones" in spec.details["note"]
+    assert spec.details["false_reject_rate_on_calibration"] == np.count_nonzero(used >= spec.value) / 762
+
+
+def test_left_out_pool_of_a_model_that_learnt_its_images_rises_to_the_held_out_maximum_at_most() -> None:
+    """Left-out scores far quieter in their spread than the held-out ones: the raise goes as far as it must, and
+    never above the loudest held-out image (where no held-out image is rejected)."""
+    held, left = _normal_quantiles(76, 1.0), _normal_quantiles(686, 0.05)
+    spec, _ = calibrate.left_out_pool(held, left, 0.01)
+    assert spec.details["held_out_rejects"] <= 2 and spec.value <= calibrate.good_quantile(held, 0.01).value
+    assert spec.details["held_out_check_p"] >= calibrate.HELD_OUT_CHECK

@@ -9,7 +9,7 @@ import pytest
 import structlog
 import torch
 
-from inspector import calibrate, evaluate
+from inspector import calibrate, evaluate, patchcore
 from inspector.artifact import load_artifact
 from inspector.backbone import LiteTrunk, block_stride, load_pretrained, pretrained_file
 from inspector.cli import main
@@ -118,8 +118,9 @@ def test_train_command_fits_patchcore_and_says_what_it_did(tmp_path: Path, capsy
 
 def test_distances_are_those_to_the_nearest_bank_vector() -> None:
     """The map's distances are each patch's Euclidean distance to its nearest bank vector (torch.cdist's), in fp32
-    exactly, and in bf16 (the product over the bank in bf16, as the daemon runs it on a CPU with fast bf16) within
-    half a percent of the fp32 ones from the same features."""
+    exactly, and in bf16 (the nearest vector chosen by a product in bf16, as the daemon runs it on a CPU with fast
+    bf16, its distance then measured in float32) within half a percent of the fp32 ones from the same features, and
+    never below them."""
     gen = torch.Generator().manual_seed(0)
     model = build_model("patchcore", 1, SIZE, SIZE, bank=300).eval()
     load_pretrained(model.trunk)
@@ -129,12 +130,36 @@ def test_distances_are_those_to_the_nearest_bank_vector() -> None:
         f = model.features(x)
         patches = f.permute(0, 2, 3, 1).reshape(3, -1, model.dims)
         expected = torch.cdist(patches, model.bank[None].expand(3, -1, -1)).min(-1).values.reshape(3, 1, *model.grid)
-        torch.testing.assert_close(model.distances(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.nearest(f), expected, rtol=1e-4, atol=1e-4)
         half = build_model("patchcore", 1, SIZE, SIZE, bank=300).eval().to(torch.bfloat16)
         half.bank = model.bank.to(torch.bfloat16)
         half.features = lambda _: f  # type: ignore[method-assign]  # the same features: the product's rounding alone
         ref = torch.cdist(patches, half.bank.float()[None].expand(3, -1, -1)).min(-1).values.reshape(3, 1, *model.grid)
-        torch.testing.assert_close(half.distances(x), ref, rtol=5e-3, atol=1e-3)
+        got = half.distances(x)
+        torch.testing.assert_close(got, ref, rtol=5e-3, atol=1e-3)
+        assert bool((got >= ref - 1e-4).all())  # the exact distance to the bank vector the bf16 product chose
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_search_in_blocks_gives_the_whole_searchs_distances(dtype: torch.dtype,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nearest-bank search runs `SEARCH_ROWS` patches at a time (a batch's table against a large bank would not
+    fit the cache): blocks of 7 patches, the last one short, give the whole search's distances to the last bit, with
+    and without the training images' own vectors left out (`exclude`), in fp32 and bf16."""
+    gen = torch.Generator().manual_seed(1)
+    model = build_model("patchcore", 1, SIZE, SIZE, bank=200, density=2).eval().to(dtype)
+    model.bank = torch.randn(200, model.dims, generator=gen).to(dtype)
+    model.radius = (torch.rand(200, generator=gen) + 0.5).to(dtype)
+    model.bank_owner = torch.arange(200) % 3
+    f = torch.randn(3, model.dims, *model.grid, generator=gen).to(dtype)
+    assert 3 * model.grid[0] * model.grid[1] % 7  # a short last block
+    with torch.no_grad():
+        whole = [model.nearest(f), model.nearest(f, torch.tensor([0, 1, 2]))]
+        monkeypatch.setattr(patchcore, "SEARCH_ROWS", 7)
+        blocks = [model.nearest(f), model.nearest(f, torch.tensor([0, 1, 2]))]
+    for a, b in zip(whole, blocks, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(whole[0], whole[1])  # leaving an image's own vectors out changes its distances
 
 
 def test_density_divides_each_distance_by_its_nearest_bank_vectors_radius() -> None:
@@ -165,7 +190,7 @@ def test_density_divides_each_distance_by_its_nearest_bank_vectors_radius() -> N
         d = torch.cdist(patches, model.bank[None].expand(2, -1, -1))
         nearest = d.min(-1)
         expected = (nearest.values / model.radius[nearest.indices]).reshape(2, 1, *model.grid)
-        torch.testing.assert_close(model.distances(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.nearest(f), expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(plain.distances(x), nearest.values.reshape(2, 1, *model.grid), rtol=1e-4,
                                    atol=1e-4)
     with pytest.raises(ValueError, match="density"):
