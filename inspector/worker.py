@@ -105,7 +105,7 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 def fused_buckets(max_batch: int) -> list[int]:
     """The batch sizes a fused family's padded batch can have: every size up to 8, then `batch_buckets`'."""
-    return [b for b in range(1, min(max_batch, 8) + 1)] + [b for b in batch_buckets(max_batch) if b > 8]
+    return list(range(1, min(max_batch, 8) + 1)) + [b for b in batch_buckets(max_batch) if b > 8]
 
 
 def fuses_itself(model: torch.nn.Module, device: torch.device) -> bool:
