@@ -163,6 +163,7 @@ def left_out_pool(held_out: np.ndarray, left_out: np.ndarray, target_false_rejec
     both = np.concatenate([held, seen])
     pooled = good_quantile(both, target_false_reject)
     value, rejects = pooled.value, int(np.count_nonzero(held >= pooled.value))
+    refused = rejects  # the pool's own held-out rejects, for the note
     for score in np.unique(held[held >= pooled.value]):  # ascending: each step lets one more held-out image pass
         if binomial_tail(rejects, held.size, target_false_reject) >= check:
             break
@@ -178,7 +179,7 @@ def left_out_pool(held_out: np.ndarray, left_out: np.ndarray, target_false_rejec
                           "raised until the held-out check passed"),
         "trained_on_scored": how,
         "note": (f"the threshold of all {both.size} good images ({pooled.value:.6g}) rejected "
-                 f"{int(np.count_nonzero(held >= pooled.value))} of the {held.size} held-out ones, more than a "
+                 f"{refused} of the {held.size} held-out ones, more than a "
                  f"false-reject rate of {target_false_reject:g} makes likely, so it was raised to the lowest value "
                  f"that rejects few enough of them ({rejects}, p = {p:.2g})"),
     }
