@@ -54,7 +54,7 @@ from inspector.cli_train import _parse_scales  # noqa: E402
 from inspector.dataset import load_folder  # noqa: E402
 from inspector.device import resolve_dtype  # noqa: E402
 from inspector.inference import score_artifact  # noqa: E402
-from inspector.model import VIEWS, check_scales  # noqa: E402
+from inspector.model import BANK_FAMILIES, VIEWS, check_scales  # noqa: E402
 from inspector.preprocess import Fit, resize  # noqa: E402
 from inspector.scales import choose_scales  # noqa: E402
 from inspector.scoring import Reduction  # noqa: E402
@@ -143,9 +143,11 @@ def bench(root: Path, out: Path, extra: list[str], trained: bool = False, views:
             given = choose_scales(art.module, val, device, 8, resolve_dtype("auto", device, art.meta.output))[0]
         cast(Any, art.module).scales = check_scales(given)
     sv = score_artifact(art, val, device).scores["score"]
-    # the threshold's good images, as training chose them (models from before threshold_from: held-out only)
+    # the threshold's good images, as training chose them (models from before threshold_from: held-out only); a
+    # bank holds its trained-on images' own patches, so theirs would join far too low: its thresholds set afresh
+    # (the 5 % one, or any after --views and the like) read the held-out images alone
     rule = threshold_from or art.meta.training.get("settings", {}).get("threshold_from", "held-out")
-    pooled = rule == "auto"
+    pooled = rule == "auto" and art.meta.family not in BANK_FAMILIES
     st = score_artifact(art, seen, device).scores["score"] if pooled else np.zeros(0)
     sg_all = score_artifact(art, good.images, device, keep_maps=True)
     sd_all = score_artifact(art, defect.images, device, keep_maps=True)

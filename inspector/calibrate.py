@@ -15,7 +15,7 @@ from .artifact import CalibrationStats, ThresholdSpec
 
 QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
 MIN_TWO_MODES = 10  # fewest scores two_modes will split
-HELD_OUT_CHECK = 0.05  # all_good_quantile keeps the held-out threshold when its test's p falls below this
+HELD_OUT_CHECK = 0.05  # all_good_quantile raises the pooled threshold until its test's p is at least this
 
 
 def _scores(scores: np.ndarray, what: str = "scores") -> np.ndarray:
@@ -98,14 +98,15 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 def all_good_quantile(held_out: np.ndarray, trained: np.ndarray, target_false_reject: float,
                       check: float = HELD_OUT_CHECK) -> tuple[ThresholdSpec, np.ndarray]:
     """`good_quantile` over every good image of a training run, the held-out and the trained-on ones together,
-    unless the held-out ones say that the model scores the images it trained on lower than new ones.
+    raised where the held-out ones say that it is too low for new parts.
 
     With the usual 10 % held out, a 1 % threshold from the held-out images alone rests on their one or two
     highest scores, so the false-reject rate it gives on new parts varies a lot from one training to the next
-    (docs/quality.md, row 99). The trained-on images are ten times as many. They are only fit to join if the
-    model has not learnt them by heart, so the held-out images check the joint threshold: if it rejects more
-    of them than the target rate makes likely (a one-sided binomial test at level `check`), the threshold comes
-    from the held-out images alone. Returns the threshold and the scores it was set on (for `good_stats`)."""
+    (docs/quality.md, row 99). The trained-on images are ten times as many. They are only fit to join as far as
+    the model scores them as it scores new ones, so the held-out images check the joint threshold: if it rejects
+    more of them than the target rate makes likely (a one-sided binomial test at level `check`), it is raised just
+    far enough for the check to pass, rather than left to the loudest held-out image: one loud good image there
+    let most defects through (rows 138 and 140). Returns the threshold and the scores it was set on."""
     rate = _check_rate(target_false_reject)
     held, seen = _scores(held_out, "held-out good scores"), np.asarray(trained, dtype=np.float64).ravel()
     if seen.size == 0:
@@ -115,22 +116,32 @@ def all_good_quantile(held_out: np.ndarray, trained: np.ndarray, target_false_re
     seen = _scores(seen, "trained-on good scores")
     both = np.concatenate([held, seen])
     spec = good_quantile(both, rate)
-    rejects = int(np.count_nonzero(held >= spec.value))
+    pooled = spec.value
+    value, rejects = pooled, int(np.count_nonzero(held >= pooled))
+    refused = rejects  # the pool's own held-out rejects, for the note
+    for score in np.unique(held[held >= pooled]):  # ascending: each step lets one more held-out image pass
+        if binomial_tail(rejects, held.size, rate) >= check:
+            break
+        value = _above(float(score))
+        rejects = int(np.count_nonzero(held >= value))
     p = binomial_tail(rejects, held.size, rate)
+    calibrated_on = f"{both.size} good training images ({seen.size} trained on, {held.size} held out)"
     check_details = {"held_out_rejects": rejects, "held_out_count": int(held.size), "held_out_check_p": p,
                      "held_out_check_level": check}
-    if p >= check:
-        spec.details.update(check_details, calibrated_on=(
-            f"{both.size} good training images ({seen.size} trained on, {held.size} held out)"))
+    if value == pooled:
+        spec.details.update(check_details, calibrated_on=calibrated_on)
         return spec, both
-    spec = good_quantile(held, rate)
-    why = (f"the threshold of all {both.size} good images rejected {rejects} of the {held.size} held-out ones, more "
-           f"than a false-reject rate of {rate:g} makes likely (p = {p:.2g}): the model scores the images it "
-           "trained on lower than new ones, so the threshold comes from the held-out images alone")
-    note = spec.details.get("note")
-    spec.details.update(check_details, calibrated_on=f"{held.size} held-out training images",
-                        note=f"{why}; {note}" if note else why)
-    return spec, held
+    details: dict[str, object] = {
+        "target_false_reject": rate, "n_good": int(both.size),
+        "false_reject_rate_on_calibration": int(np.count_nonzero(both >= value)) / both.size,
+        **check_details, "pooled_threshold": pooled,
+        "calibrated_on": f"{calibrated_on}, raised until the held-out check passed",
+        "note": (f"the threshold of all {both.size} good images ({pooled:.6g}) rejected {refused} of the {held.size} "
+                 f"held-out ones, more than a false-reject rate of {rate:g} makes likely (their tail is heavier than "
+                 f"the pool's), so it was raised to the lowest value that rejects few enough of them ({rejects}, "
+                 f"p = {p:.2g})"),
+    }
+    return ThresholdSpec(value=value, method="good_quantile", details=details), both
 
 
 def to_median(scores: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
@@ -148,42 +159,15 @@ def to_median(scores: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, fl
 def left_out_pool(held_out: np.ndarray, left_out: np.ndarray, target_false_reject: float,
                   check: float = HELD_OUT_CHECK) -> tuple[ThresholdSpec, np.ndarray]:
     """The threshold of the held-out scores pooled with `left_out` scores of another kind (a bank model's trained-on
-    images, each scored without its own patches), those moved to the held-out median (`to_median`), checked by the
-    held-out ones as `all_good_quantile` does. Where the check refuses the pool (the held-out tail a little heavier
-    than the left-out one), the pool's threshold is raised just far enough for the check to pass, rather than left
-    to the loudest held-out image, as 76 images must set a 1 % threshold: one loud good image then let most defects
-    through (docs/quality.md, row 138). Returns the threshold and the scores it was set on."""
+    images, each scored without its own patches), those moved to the held-out median (`to_median`), checked and,
+    where the held-out ones refuse it, raised as `all_good_quantile` does (docs/quality.md, rows 135 and 138).
+    Returns the threshold and the scores it was set on."""
     held = _scores(held_out, "held-out good scores")
     seen, shift = to_median(left_out, held)
     spec, calibrated = all_good_quantile(held, seen, target_false_reject, check)
-    how = f"each without its own patches in the bank, moved by {shift:+.4g} to the held-out images' median"
-    if calibrated.size > held.size:  # the held-out check let the pool in
-        spec.details["trained_on_scored"] = how
-        return spec, calibrated
-    both = np.concatenate([held, seen])
-    pooled = good_quantile(both, target_false_reject)
-    value, rejects = pooled.value, int(np.count_nonzero(held >= pooled.value))
-    refused = rejects  # the pool's own held-out rejects, for the note
-    for score in np.unique(held[held >= pooled.value]):  # ascending: each step lets one more held-out image pass
-        if binomial_tail(rejects, held.size, target_false_reject) >= check:
-            break
-        value = _above(float(score))
-        rejects = int(np.count_nonzero(held >= value))
-    p = binomial_tail(rejects, held.size, target_false_reject)
-    details: dict[str, object] = {
-        "target_false_reject": target_false_reject, "n_good": int(both.size),
-        "false_reject_rate_on_calibration": int(np.count_nonzero(both >= value)) / both.size,
-        "held_out_rejects": rejects, "held_out_count": int(held.size), "held_out_check_p": p,
-        "held_out_check_level": check, "pooled_threshold": pooled.value,
-        "calibrated_on": (f"{both.size} good training images ({seen.size} trained on, {held.size} held out), "
-                          "raised until the held-out check passed"),
-        "trained_on_scored": how,
-        "note": (f"the threshold of all {both.size} good images ({pooled.value:.6g}) rejected "
-                 f"{refused} of the {held.size} held-out ones, more than a "
-                 f"false-reject rate of {target_false_reject:g} makes likely, so it was raised to the lowest value "
-                 f"that rejects few enough of them ({rejects}, p = {p:.2g})"),
-    }
-    return ThresholdSpec(value=value, method="good_quantile", details=details), both
+    spec.details["trained_on_scored"] = (f"each without its own patches in the bank, moved by {shift:+.4g} to the "
+                                         "held-out images' median")
+    return spec, calibrated
 
 
 def best_f1(good: np.ndarray, defect: np.ndarray) -> ThresholdSpec:

@@ -81,9 +81,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--target-false-reject", type=float, default=0.01, metavar="RATE",
                    help="false-reject rate the threshold aims for on good images (default 0.01)")
     p.add_argument("--threshold-from", default="auto", choices=("auto", "held-out"),
-                   help="good images the threshold is set on: auto, all of them (trained-on and held-out) unless "
-                        "that threshold rejects more held-out ones than the rate makes likely, then the held-out "
-                        "ones alone; held-out: those alone (default auto)")
+                   help="good images the threshold is set on: auto, all of them (trained-on and held-out), raised "
+                        "just far enough where it rejects more held-out ones than the rate makes likely; held-out: "
+                        "those alone (default auto)")
     p.add_argument("--no-augment", action="store_true", help="train without shifts and brightness jitter")
     p.add_argument("--flip", action="store_true", help="also mirror training images at random")
     p.add_argument("--crop", type=float, default=0.5, metavar="SHARE",

@@ -38,7 +38,7 @@ from .preprocess import Contrast, Fit
 from .progress import Progress
 from .repair import crop_size, random_crops, repair_loss
 from .scales import choose_defect_size, choose_scales, defect_size_unasked, loudness, size_reading_steps
-from .scoring import make_reduction, map_mean, map_peak_mean, reduction_output
+from .scoring import make_reduction, map_mean, map_peak_mean, map_peaks_uniqueness, reduction_output
 
 AUTO = "auto"  # the family: fit each of AUTO_FAMILIES, keep the one the good images choose (inspector.choose)
 AUTO_FAMILIES = ("patchcore", "draem")  # patchcore first: it takes a minute or two, draem the rest of the budget
@@ -106,9 +106,9 @@ class TrainSettings(BaseModel):
     target_false_reject: float = Field(0.01, gt=0, lt=1, description="False-reject rate the threshold aims for.")
     threshold_from: Literal["auto", "held-out"] = Field(
         "auto", description="Good images the threshold is set on: auto, all of them (trained-on and held-out), "
-                            "unless that threshold rejects more held-out images than the rate makes likely, then "
-                            "the held-out ones alone (inspector.calibrate.all_good_quantile; docs/quality.md, "
-                            "row 99); or held-out, those alone.")
+                            "raised just far enough where it rejects more held-out images than the rate makes "
+                            "likely (inspector.calibrate.all_good_quantile; docs/quality.md, rows 99 and 140); or "
+                            "held-out, those alone.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation strengths.")
     fit: Fit | Literal["auto"] = Field(
         "auto", description="How images of another aspect than the input's are fitted to it: stretch, pad (aspect "
@@ -185,12 +185,14 @@ def score_for(settings: TrainSettings) -> tuple[str, dict[str, float]]:
     map's top share that one patch vector describes (`patchcore.footprint_percent`; docs/quality.md, row 108), or
     the whole map's mean where that is louder on the good images' scale (`map_topk_or_mean`, row 113; its scale
     is fitted once the model is, `fit_scoring`). `map_peaks` (draem's) gets its square from the frame's size
-    (`peak_window`) unless given, and counts no peak within half of it from the frame's edge unless a margin is
-    given; its scale too is fitted later."""
+    (`peak_window`) unless given, counts no peak within half of it from the frame's edge unless a margin is
+    given, and reads the input's uniqueness where the map speaks (its maximum and those peaks) in squares from the
+    frame's size (`unique_radius`) unless given; its scales too are fitted later."""
     name = settings.reduction or DEFAULT_REDUCTIONS.get(settings.family, DEFAULT_REDUCTION)
-    if name == "map_peaks" and not {"window", "margin"} <= settings.reduction_params.keys():
+    if name == "map_peaks":
         window = settings.reduction_params.get("window", peak_window(settings.height, settings.width))
-        return name, {"window": window, "margin": int(window) // 2, **settings.reduction_params}
+        return name, {"window": window, "margin": int(window) // 2,
+                      "unique_radius": unique_radius(settings.height, settings.width), **settings.reduction_params}
     if settings.reduction or settings.reduction_params or settings.family != "patchcore":
         return name, settings.reduction_params
     h = hparams_for(settings)
@@ -201,6 +203,12 @@ def peak_window(height: int, width: int) -> int:
     """`map_peaks`' square: a quarter of the frame's shorter side, odd (65 px at 256x256; docs/quality.md, row
     132: with the margin of half of it, 33 and 49 px did less; row 129: a 9-px square helped less)."""
     return min(height, width) // 4 // 2 * 2 + 1
+
+
+def unique_radius(height: int, width: int) -> int:
+    """`map_peaks`' uniqueness squares' radius: 3 px at 256x256 (squares of 7 px), scaled with the frame's shorter
+    side (docs/quality.md, row 140: 4 did about as well, 2 and 5 less, 6 and more worse)."""
+    return max(1, round(3 * min(height, width) / 256))
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -524,9 +532,15 @@ def fit_scoring(model: nn.Module, settings: TrainSettings, dtype: torch.dtype, g
     name, params = scoring
     if name == "map_peaks" and "peaks_gain" not in params and "peaks_shift" not in params:
         peak_params = {k: v for k, v in params.items() if k in ("window", "pool", "peaks", "margin")}
-        readings = _readings(model, settings, dtype, good, {"max": make_reduction("map_max"),
-                                                            "peaks": functools.partial(map_peak_mean, **peak_params)})
-        return name, {**params, **peaks_scale(readings["max"], readings["peaks"])}
+        radius = int(params.get("unique_radius", 0))
+        readings = _readings(model, settings, dtype, good, {
+            "max": make_reduction("map_max"), "peaks": functools.partial(map_peak_mean, **peak_params),
+            **({"unique": functools.partial(map_peaks_uniqueness, **peak_params, radius=radius)}
+               if radius > 0 else {})})
+        fitted = {**params, **peaks_scale(readings["max"], readings["peaks"])}
+        if radius > 0 and "unique_gain" not in params and "unique_shift" not in params:
+            fitted.update(uniqueness_scale(readings["max"], readings["unique"]))
+        return name, fitted
     if name != "map_topk_or_mean" or "mean_gain" in params or "mean_shift" in params:
         return scoring
     top = params.get("top_percent", 0.1)
@@ -546,8 +560,25 @@ def peaks_scale(top: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
     standardised on them, then given the maximum's spread and centred on 0, so that the score is the maximum plus
     how far the loudest peaks stand above good images', each in its own good images' spread (docs/quality.md,
     row 129's sum of z-scores, on the maximum's scale). Fewer than MIN_SCALE_IMAGES images give no gain: `map_max`."""
-    gain, shift = _spread_match(top, peaks)  # the maximum's centre, then taken off: the term is 0 on average
-    return {"peaks_gain": gain, "peaks_shift": (shift - float(np.mean(top))) if gain else 0.0}
+    gain, shift = _on_max_spread(top, peaks)
+    return {"peaks_gain": gain, "peaks_shift": shift}
+
+
+def uniqueness_scale(top: np.ndarray, unique: np.ndarray) -> dict[str, float]:
+    """`map_peaks`' unique_gain and unique_shift from good images' map maxima and the input's uniqueness where their
+    maps speak (`map_peaks_uniqueness`), as `peaks_scale` scales the peaks: standardised on them, then given the
+    maximum's spread and centred on 0, so that a loud spot on a structure the frame repeats counts less than one on
+    something unlike the rest of the frame (docs/quality.md, row 140). Fewer than MIN_SCALE_IMAGES images give no
+    gain."""
+    gain, shift = _on_max_spread(top, unique)
+    return {"unique_gain": gain, "unique_shift": shift}
+
+
+def _on_max_spread(top: np.ndarray, reading: np.ndarray) -> tuple[float, float]:
+    """(gain, shift) that give good images' `reading` their maxima's spread, centred on 0 (`_spread_match` to the
+    maximum's centre, then that centre taken off: the term is 0 on average); (0, 0) where that gives no gain."""
+    gain, shift = _spread_match(top, reading)
+    return gain, (shift - float(np.mean(top))) if gain else 0.0
 
 
 def mean_scale(top: np.ndarray, mean: np.ndarray) -> dict[str, float]:

@@ -26,12 +26,24 @@ from inspector.scoring import (
     map_max,
     map_peak_mean,
     map_peaks,
+    map_peaks_uniqueness,
     map_topk,
     map_topk_or_mean,
     reduction_output,
+    self_dissimilarity,
 )
 from inspector.synth import PartRenderer
-from inspector.train import TrainSettings, check_settings, fit, load_split, peak_window, peaks_scale, score_for
+from inspector.train import (
+    TrainSettings,
+    check_settings,
+    fit,
+    load_split,
+    peak_window,
+    peaks_scale,
+    score_for,
+    unique_radius,
+    uniqueness_scale,
+)
 
 SIZE = 64
 HP = {"recon_width": 8, "seg_width": 8, "recon_depth": 2, "seg_depth": 2}
@@ -328,11 +340,64 @@ def test_map_peaks_counts_no_peak_in_the_margin_along_the_frames_edge() -> None:
     assert torch.allclose(scored, torch.tensor([0.5 + 0.7 / 3, 0.9 + 0.1]))
     assert map_peak_mean(x, out[:, :, :24, :24], window=33, pool=4, margin=16)[1] == pytest.approx(0.9 / 3 + 0.2 / 3)
     assert score_for(TrainSettings(family="draem", height=256, width=256)) == (
-        "map_peaks", {"window": 65, "margin": 32})
+        "map_peaks", {"window": 65, "margin": 32, "unique_radius": 3})
     assert score_for(TrainSettings(family="draem", reduction_params={"window": 9})) == (
-        "map_peaks", {"window": 9, "margin": 4})
-    assert score_for(TrainSettings(family="draem", reduction_params={"margin": 0})) == (
-        "map_peaks", {"window": 65, "margin": 0})
+        "map_peaks", {"window": 9, "margin": 4, "unique_radius": 3})
+    assert score_for(TrainSettings(family="draem", reduction_params={"margin": 0, "unique_radius": 0})) == (
+        "map_peaks", {"window": 65, "margin": 0, "unique_radius": 0})
+
+
+def test_self_dissimilarity_is_the_best_match_elsewhere_in_the_same_frame() -> None:
+    """The mean squared difference between the square around a point and the most alike square of the same frame
+    centred more than the radius from it, the frame's edge reflected: the brute-force search's figure, and 0 where
+    the frame repeats the structure exactly."""
+    rng = np.random.default_rng(3)
+    frames = rng.random((2, 1, 20, 24)).astype(np.float32)
+    ys, xs, r = np.array([[0, 7], [11, 19]]), np.array([[5, 12], [23, 0]]), 2
+    got = self_dissimilarity(torch.from_numpy(frames), torch.from_numpy(ys), torch.from_numpy(xs), r)
+    assert got.shape == (2, 2)
+    for b in range(2):
+        pad = np.pad(frames[b, 0], r, mode="reflect")  # numpy's reflect is torch's: the edge pixel not repeated
+        for k in range(2):
+            y, x = ys[b, k], xs[b, k]
+            own = pad[y:y + 2 * r + 1, x:x + 2 * r + 1]
+            best = min(float(((pad[i:i + 2 * r + 1, j:j + 2 * r + 1] - own) ** 2).mean())
+                       for i in range(20) for j in range(24) if abs(i - y) > r or abs(j - x) > r)
+            assert got[b, k].item() == pytest.approx(best, rel=1e-4)
+    dots = torch.zeros(1, 3, 40, 40)
+    dots[..., 9:12, 9:12] = dots[..., 9:12, 29:32] = 1.0  # two identical dots
+    dots[..., 28:31, 20] = dots[..., 30, 20:23] = 1.0  # and one corner, unlike anything else
+    at = self_dissimilarity(dots, torch.tensor([[10, 30]]), torch.tensor([[10, 20]]), 3)[0]
+    assert at[0].item() == pytest.approx(0.0, abs=1e-6) and at[1].item() > 0.05
+
+
+def test_map_peaks_counts_loud_spots_on_repeated_structures_less() -> None:
+    """With a uniqueness gain, map_peaks adds how unlike the rest of the frame the input is where the map speaks
+    (its maximum and its loudest peaks): the same map scores more over one-of-a-kind shapes than over structures
+    the frame repeats; without the gain the two score alike. uniqueness_scale centres the term on good images with
+    their maxima's spread, and the squares' radius follows the frame's size."""
+    x = torch.zeros(2, 1, 64, 64)
+    for y, c in ((10, 10), (10, 50), (40, 10), (40, 50)):  # four identical dots in the first frame
+        x[0, :, y - 1:y + 2, c - 1:c + 2] = 1.0
+    for y, c in ((10, 10), (10, 50), (40, 10), (40, 50)):  # four different corners in the second
+        x[1, :, y - 2:y + 1, c] = 1.0
+        x[1, :, y, c - 2 + (c == 50) * 2:c + 1 + (y == 40) * 2] = 1.0
+    out = torch.full((2, 1, 64, 64), 0.1)
+    out[:, 0, 10, 10], out[:, 0, 10, 50], out[:, 0, 40, 10], out[:, 0, 40, 50] = 0.8, 0.5, 0.4, 0.3
+    params = {"window": 17, "peaks_gain": 1.0}
+    plain = make_reduction("map_peaks", params)(x, out)
+    assert plain[0] == plain[1]
+    unique = map_peaks_uniqueness(x, out, window=17, radius=3)
+    assert unique[0].item() == pytest.approx(0.0, abs=1e-6) and unique[1] > 0.02
+    more = {"unique_radius": 3, "unique_gain": 2.0, "unique_shift": -0.1}
+    scored = make_reduction("map_peaks", {**params, **more})(x, out)
+    assert torch.allclose(scored, plain + 2.0 * unique - 0.1)
+    top, reading = np.array([0.2, 0.4, 0.3, 0.5] * 5), np.array([0.01, 0.05, 0.02, 0.04] * 5)
+    fitted = uniqueness_scale(top, reading)
+    term = reading * fitted["unique_gain"] + fitted["unique_shift"]
+    assert np.mean(term) == pytest.approx(0.0, abs=1e-9) and np.std(term) == pytest.approx(np.std(top))
+    assert uniqueness_scale(top[:5], reading[:5]) == {"unique_gain": 0.0, "unique_shift": 0.0}
+    assert unique_radius(256, 256) == 3 and unique_radius(480, 640) == 6 and unique_radius(64, 64) == 1
 
 
 def test_the_peak_mean_is_scaled_to_the_maximums_spread_and_centred_on_good_images() -> None:
@@ -446,6 +511,7 @@ def test_draem_trained_for_seconds_separates_generated_defects(draem_model: Path
     assert art.meta.family == "draem" and art.meta.output == ANOMALY_MAP and art.meta.score.reduction == "map_peaks"
     params = art.meta.score.params  # the square for 64x64 frames; the scale from the 12 held-out good parts
     assert params["window"] == 17 and params["margin"] == 8 and params["peaks_gain"] > 0, params
+    assert params["unique_radius"] == 1 and params["unique_gain"] > 0, params  # row 140
     assert art.meta.hparams["views"] == 2  # the frame and its mirror image (quality.md, row 118)
     assert art.meta.hparams["padding"] == "reflect"  # the frame's edge seen as its inside (quality.md, 71 and 73)
     assert art.meta.hparams["decoder"] == "conv-resize"  # half the arithmetic (quality.md, row 90)

@@ -301,7 +301,7 @@ def test_patchcore_scores_the_mean_over_one_patchs_footprint_unless_told_otherwi
     assert score_for(TrainSettings(**at, hparams={"pool": 5})) == (both, {"top_percent": 100.0 * 25 / 256})
     assert score_for(TrainSettings(**at, reduction="map_max")) == ("map_max", {})
     assert score_for(TrainSettings(**at, reduction_params={"top_percent": 1.0})) == (both, {"top_percent": 1.0})
-    assert score_for(TrainSettings(family="draem")) == ("map_peaks", {"window": 65, "margin": 32})
+    assert score_for(TrainSettings(family="draem")) == ("map_peaks", {"window": 65, "margin": 32, "unique_radius": 3})
 
 
 def test_the_whole_maps_mean_is_scaled_to_the_top_shares_spread_on_good_images() -> None:
